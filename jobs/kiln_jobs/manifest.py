@@ -1,0 +1,146 @@
+"""`manifest.json`: what a finished job published, with digests and measured numbers.
+
+A present manifest under `<store>/<plan hash>/` means the work is done; the operator serves from
+it without running a Job and `kiln run` skips straight to serving. The termination message is a
+compact `JobResult` that fits Kubernetes' 4 KiB limit.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kiln_jobs.plan import Plan
+
+__all__ = [
+    "MANIFEST_API_VERSION",
+    "MANIFEST_FILE",
+    "TERMINATION_MESSAGE_LIMIT",
+    "Attempt",
+    "CheckpointInfo",
+    "FileDigest",
+    "JobResult",
+    "Manifest",
+    "Metrics",
+    "Progress",
+    "StageResult",
+]
+
+MANIFEST_API_VERSION = "kiln.dev/manifest-v1"
+MANIFEST_FILE = "manifest.json"
+# Kubernetes truncates a container's termination message beyond 4096 bytes.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+StageState = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileDigest(_Model):
+    """One published file, relative to the plan-hash directory."""
+
+    path: str
+    sha256: str
+    size_bytes: int = Field(ge=0)
+
+
+class Metrics(_Model):
+    """Measured numbers; a field is None when the stage that measures it did not run."""
+
+    baseline_perplexity: float | None = None
+    perplexity: float | None = None
+    degradation_percent: float | None = None
+    baseline_size_bytes: int | None = None
+    size_bytes: int | None = None
+    params_before: int | None = None
+    params_after: int | None = None
+    acceptance_length: float | None = None
+    latency_ms: float | None = None
+    tokens_per_second: float | None = None
+
+
+class CheckpointInfo(_Model):
+    """What the checkpoint is, so runtimes and people recognise it without guessing."""
+
+    producer: str = "nvidia-modelopt"
+    quant_algo: str | None = None
+    kv_cache_quant_algo: str | None = None
+    group_size: int | None = None
+    calibration_digest: str | None = None
+    tools: dict[str, str] = Field(default_factory=dict)
+
+
+class StageResult(_Model):
+    """How one stage went."""
+
+    name: str
+    state: StageState
+    seconds: float | None = None
+    message: str | None = None
+    metrics: dict[str, float | int | str] = Field(default_factory=dict)
+
+
+class Attempt(_Model):
+    """One technique stack tried against the accuracy gate."""
+
+    techniques: str
+    perplexity: float | None = None
+    degradation_percent: float | None = None
+    passed: bool
+    seconds: float | None = None
+
+
+class Manifest(_Model):
+    """The record written last, atomically, beside the published artifacts."""
+
+    api_version: Literal["kiln.dev/manifest-v1"] = MANIFEST_API_VERSION
+    plan_hash: str
+    plan: Plan
+    created_at: str
+    stages: list[StageResult]
+    attempts: list[Attempt] = Field(default_factory=list)
+    metrics: Metrics
+    checkpoint: CheckpointInfo
+    # Relative paths of the main artifacts inside the plan-hash directory.
+    checkpoint_dir: str = "checkpoint"
+    triton_repository: str | None = "triton"
+    engine_dir: str | None = None
+    serving_runtime: Literal["python", "tensorrtllm-pytorch", "tensorrtllm-engine"] | None = None
+    files: list[FileDigest]
+
+
+class Progress(_Model):
+    """A progress report: printed as a log line, written to the progress file."""
+
+    stage: str
+    percent: float = Field(ge=0, le=100)
+    message: str = ""
+
+
+class JobResult(_Model):
+    """The runner's last word, written to the container's termination message path."""
+
+    ok: bool
+    plan_hash: str
+    reason: str | None = None
+    message: str | None = None
+    metrics: Metrics | None = None
+    checkpoint: CheckpointInfo | None = None
+    stages: list[StageResult] = Field(default_factory=list)
+
+    def to_termination_message(self) -> str:
+        """Compact JSON under Kubernetes' limit; stage details are dropped first if needed."""
+        text = self.model_dump_json(exclude_none=True)
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        slim = self.model_copy(update={"stages": []})
+        text = slim.model_dump_json(exclude_none=True)
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        short = (self.message or "")[:1000]
+        return JobResult(
+            ok=self.ok, plan_hash=self.plan_hash, reason=self.reason, message=short
+        ).model_dump_json(exclude_none=True)

