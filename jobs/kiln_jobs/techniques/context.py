@@ -43,6 +43,13 @@ class TechniqueContext:
     # Token blocks of shape [samples, seq_length] for a data reference in a role
     # ("calibration", "train" or "eval"; the built-in text keeps eval apart from the others).
     token_blocks: Callable[[DataRef, str], torch.Tensor]
+    # The Plan's evaluation data, for techniques that measure on it (speculative decoding's
+    # acceptance length). None: the technique falls back to its own data in the "eval" role.
+    evaluation_data: DataRef | None = None
+    # A local directory holding a referenced model's files (downloaded or mounted), for
+    # techniques that copy files rather than load a model (attaching an existing draft).
+    # None: only `file://` references can be resolved.
+    resolve_model: Callable[[ModelRef], Path] | None = None
 
 
 @dataclass
