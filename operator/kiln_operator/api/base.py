@@ -1,0 +1,119 @@
+"""Shared building blocks of the API: the model base class and the string types users write.
+
+Field docstrings become the CRD's descriptions (`kubectl explain`), so they are written for the
+person reading them there.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, JsonValue, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "DNS_LABEL",
+    "DNS_SUBDOMAIN",
+    "Duration",
+    "KilnModel",
+    "Quantity",
+    "SecretName",
+    "cel_rules",
+    "parse_duration_seconds",
+]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_DURATION = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+# Prefixes of well-known credentials, so that a pasted token gets a message about Secrets.
+_TOKEN_PREFIXES = ("hf_", "AKIA", "ASIA", "ghp_", "sk-", "eyJ")
+
+
+class KilnModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+
+def cel_rules(*rules: tuple[str, str]) -> ConfigDict:
+    """Model config carrying CEL rules (rule, message) into the CRD as x-kubernetes-validations.
+
+    The CRD has no defaults, so a rule must guard optional fields with has(); pydantic validators
+    enforce the same rules with defaults applied.
+    """
+    validations: list[JsonValue] = [{"rule": rule, "message": message} for rule, message in rules]
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": validations})
+
+
+def _check_secret_name(value: str) -> str:
+    if value.startswith(_TOKEN_PREFIXES) or len(value) > 253:
+        raise ValueError(
+            "takes the name of a Secret in the same namespace, not the secret itself: "
+            "store the credential in a Secret and put its name here"
+        )
+    if "/" in value:
+        raise ValueError(
+            "must name a Secret in the same namespace as this resource "
+            "(a plain name such as 'hf-token', not 'namespace/name')"
+        )
+    if not re.match(DNS_SUBDOMAIN, value):
+        raise ValueError(
+            "must be a Secret name: lowercase letters, digits, '-' and '.', e.g. 'hf-token'"
+        )
+    return value
+
+
+SecretName = Annotated[
+    str,
+    AfterValidator(_check_secret_name),
+    WithJsonSchema({"type": "string", "maxLength": 253, "pattern": DNS_SUBDOMAIN}),
+]
+
+
+def _check_duration(value: str) -> str:
+    if not value or not re.match(_DURATION, value):
+        raise ValueError("must be a duration such as '90m', '6h' or '1h30m'")
+    return value
+
+
+Duration = Annotated[
+    str,
+    AfterValidator(_check_duration),
+    WithJsonSchema({"type": "string", "minLength": 1, "pattern": _DURATION}),
+]
+
+
+def parse_duration_seconds(value: str) -> int:
+    """Seconds in a duration such as `1h30m`."""
+    match = re.match(_DURATION, value)
+    if not match or not value:
+        raise ValueError(f"not a duration: {value!r}")
+    hours, minutes, seconds = (int(g[:-1]) if g else 0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def _quantity_to_str(value: Any) -> str:
+    text = str(value)
+    if not re.match(_QUANTITY, text):
+        raise ValueError("must be a Kubernetes quantity such as '8', '500m', '64Gi'")
+    return text
+
+
+Quantity = Annotated[
+    str | int,
+    AfterValidator(_quantity_to_str),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": _QUANTITY}],
+        }
+    ),
+]

