@@ -63,6 +63,8 @@ class CompileOptions:
     runtime: str = "local"
     # Used when the spec names no artifact store.
     default_store: str | None = None
+    # Serve with Triton's Python backend when TensorRT-LLM is missing; None: local runs only.
+    engine_fallback: bool | None = None
 
 
 class Defaults:
@@ -116,7 +118,11 @@ def compile_plan(
             max_seq_len=spec.engine.max_seq_len,
             tensor_parallel=spec.engine.tensor_parallel,
             pipeline_parallel=spec.engine.pipeline_parallel,
-            allow_fallback=options.target == "local",
+            allow_fallback=(
+                options.target == "local"
+                if options.engine_fallback is None
+                else options.engine_fallback
+            ),
         ),
         serving=ServingPlan(
             model_name=spec.serving.model_name, max_new_tokens=spec.serving.max_new_tokens

@@ -1,0 +1,1 @@
+"""Pure functions that return the Kubernetes objects Kiln wants to exist."""

@@ -1,0 +1,147 @@
+"""Pieces every pod Kiln creates shares: security, scratch volumes, storage mounts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kiln_jobs.plan import (
+    DataRef,
+    ModelRef,
+    Plan,
+    PruneDistillPlan,
+    PTQPlan,
+    QADPlan,
+    QATPlan,
+    SpeculativePlan,
+    Technique,
+)
+
+__all__ = [
+    "PVC_ROOT",
+    "StoreLocation",
+    "container_security_context",
+    "input_uris",
+    "pod_security_context",
+    "pvc_mounts",
+    "scratch_volumes",
+    "split_store",
+]
+
+Obj = dict[str, Any]
+
+# Where PersistentVolumeClaims appear inside Job pods: pvc://claim/path → /mnt/pvc/claim/path.
+# The job runner resolves pvc:// URIs against the same root (KILN_PVC_ROOT).
+PVC_ROOT = "/mnt/pvc"
+
+
+def pod_security_context(uid: int) -> Obj:
+    """Pod-level settings that meet the restricted Pod Security Standard."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> Obj:
+    """Container-level settings that meet the restricted Pod Security Standard."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def scratch_volumes() -> tuple[list[Obj], list[Obj]]:
+    """(volumes, mounts) for /tmp and shared memory: the root filesystem is read-only."""
+    volumes = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    return volumes, mounts
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """An artifact store URI split into its parts."""
+
+    scheme: str
+    root: str  # claim (pvc) or bucket (s3) or path (file)
+    prefix: str  # path inside it, no leading or trailing slash
+
+    def plan_path(self, plan_hash: str) -> str:
+        """Path of one plan's artifacts inside the claim or bucket."""
+        return f"{self.prefix}/{plan_hash}" if self.prefix else plan_hash
+
+
+def split_store(uri: str) -> StoreLocation:
+    """`pvc://claim/a/b` → StoreLocation("pvc", "claim", "a/b")."""
+    scheme, rest = uri.split("://", 1)
+    if scheme == "file":
+        return StoreLocation(scheme, "/", rest.strip("/"))
+    root, _, prefix = rest.partition("/")
+    return StoreLocation(scheme, root, prefix.strip("/"))
+
+
+def _technique_uris(technique: Technique) -> list[str]:
+    data: list[DataRef | None] = []
+    models: list[ModelRef | None] = []
+    match technique:
+        case PTQPlan():
+            data.append(technique.calibration)
+        case QATPlan():
+            data.append(technique.training.data)
+        case QADPlan():
+            data.append(technique.training.data)
+            models.append(technique.teacher)
+        case SpeculativePlan():
+            data.append(technique.training.data if technique.training else None)
+            models.append(technique.draft)
+        case PruneDistillPlan():
+            data += [technique.importance, technique.distillation.data]
+    return [ref.source for ref in [*data, *models] if ref is not None]
+
+
+def input_uris(plan: Plan) -> list[str]:
+    """Every model and data URI a Plan reads, each once."""
+    uris = [plan.model.source, plan.evaluation.data.source]
+    for technique in [*plan.techniques, *(t for rung in plan.evaluation.escalation for t in rung)]:
+        uris += _technique_uris(technique)
+    return list(dict.fromkeys(uris))
+
+
+@dataclass
+class _Claims:
+    read_only: set[str] = field(default_factory=set)
+    writable: set[str] = field(default_factory=set)
+
+
+def pvc_mounts(plan: Plan) -> tuple[list[Obj], list[Obj]]:
+    """(volumes, mounts) for every PVC a Plan touches; only the store's claim is writable."""
+    claims = _Claims()
+    for uri in input_uris(plan):
+        if uri.startswith("pvc://"):
+            claims.read_only.add(split_store(uri).root)
+    store = split_store(plan.output.store)
+    if store.scheme == "pvc":
+        claims.writable.add(store.root)
+    volumes: list[Obj] = []
+    mounts: list[Obj] = []
+    for index, claim in enumerate(sorted(claims.read_only | claims.writable)):
+        read_only = claim not in claims.writable
+        name = f"pvc-{index}"
+        volumes.append(
+            {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+        )
+        mounts.append({"name": name, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only})
+    return volumes, mounts

@@ -1,0 +1,232 @@
+"""The optimization Job of one plan, and the ConfigMap that carries the plan into it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln_jobs.errors import ExitCode
+from kiln_jobs.plan import Plan
+from kiln_operator.api import ModelOptimization
+from kiln_operator.api.base import parse_duration_seconds
+from kiln_operator.builders.common import (
+    PVC_ROOT,
+    container_security_context,
+    pod_security_context,
+    pvc_mounts,
+    scratch_volumes,
+    split_store,
+)
+from kiln_operator.config import OperatorConfig
+from kiln_operator.naming import child_labels, job_name, plan_configmap_name
+
+__all__ = [
+    "JOB_CONTAINER",
+    "PLAN_MOUNT",
+    "QUEUE_LABEL",
+    "STORE_ENV_PREFIX",
+    "build_job",
+    "build_plan_configmap",
+]
+
+Obj = dict[str, Any]
+
+JOB_CONTAINER = "optimize"
+PLAN_MOUNT = "/etc/kiln/plan"
+PLAN_FILE = "plan.json"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# The store's S3 credentials reach the runner under this prefix, so that they never collide
+# with the model source's credentials (both are AWS_* keys).
+STORE_ENV_PREFIX = "KILN_STORE_"
+_GPU = "nvidia.com/gpu"
+_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+
+def build_plan_configmap(resource: ModelOptimization, plan: Plan) -> Obj:
+    """The plan as JSON: the only way user input reaches the Job (never through a shell)."""
+    name = resource.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": plan_configmap_name(name, plan.hash()),
+            "namespace": resource.metadata.namespace,
+            "labels": child_labels(name, "optimize", plan.hash()),
+        },
+        "immutable": True,
+        "data": {PLAN_FILE: plan.to_json()},
+    }
+
+
+def _workdir(plan: Plan) -> tuple[str, list[Obj], list[Obj]]:
+    """Scratch for checkpoints. On a PVC store it is persistent, so a preempted pod resumes."""
+    store = split_store(plan.output.store)
+    if store.scheme == "pvc":
+        work = f"{store.prefix}/.work/{plan.hash()}" if store.prefix else f".work/{plan.hash()}"
+        return f"{PVC_ROOT}/{store.root}/{work}", [], []
+    return "/work", [{"name": "work", "emptyDir": {}}], [{"name": "work", "mountPath": "/work"}]
+
+
+def _env(resource: ModelOptimization, plan: Plan) -> tuple[list[Obj], list[Obj]]:
+    """(env, envFrom): settings by value, credentials by Secret reference only."""
+    env: list[Obj] = [
+        {"name": "KILN_PVC_ROOT", "value": PVC_ROOT},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "KILN_PLAN_HASH", "value": plan.hash()},
+    ]
+    env_from: list[Obj] = []
+    model_secrets = [resource.spec.model.credentials_secret]
+    for item in resource.spec.techniques:
+        for field in ("teacher", "draft"):
+            ref = getattr(item.body, field, None)
+            model_secrets.append(ref.credentials_secret if ref else None)
+    for secret in dict.fromkeys(s for s in model_secrets if s):
+        env_from.append({"secretRef": {"name": secret}})
+    store_secret = resource.spec.artifacts.credentials_secret
+    if store_secret:
+        env_from.append({"prefix": STORE_ENV_PREFIX, "secretRef": {"name": store_secret}})
+    return env, env_from
+
+
+def _resources(resource: ModelOptimization) -> Obj:
+    wanted = resource.spec.resources
+    requests: Obj = {}
+    limits: Obj = {}
+    if wanted.gpus:
+        requests[_GPU] = limits[_GPU] = str(wanted.gpus)
+    if wanted.cpu:
+        requests["cpu"] = wanted.cpu
+    if wanted.memory:
+        requests["memory"] = limits["memory"] = wanted.memory
+    if wanted.ephemeral_storage:
+        requests["ephemeral-storage"] = wanted.ephemeral_storage
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _scheduling(resource: ModelOptimization) -> Obj:
+    spec = resource.spec
+    node_selector = dict(spec.scheduling.node_selector or {})
+    if spec.resources.gpu_product:
+        node_selector[_PRODUCT_LABEL] = spec.resources.gpu_product
+    tolerations = [
+        t.model_dump(by_alias=True, exclude_none=True) for t in spec.scheduling.tolerations or []
+    ]
+    if spec.resources.gpus and not any(t.get("key") == _GPU for t in tolerations):
+        # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule to keep CPU pods off.
+        tolerations.append({"key": _GPU, "operator": "Exists", "effect": "NoSchedule"})
+    pod: Obj = {"tolerations": tolerations}
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if spec.scheduling.priority_class_name:
+        pod["priorityClassName"] = spec.scheduling.priority_class_name
+    return pod
+
+
+def _pod_failure_policy() -> Obj:
+    return {
+        "rules": [
+            # Preemption, eviction, node drains: retry without counting against backoffLimit.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            # A bad spec, missing credentials, unsupported hardware or a failed accuracy gate
+            # fail the same way on every retry.
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": JOB_CONTAINER,
+                    "operator": "In",
+                    "values": sorted(int(code) for code in ExitCode.permanent()),
+                },
+            },
+        ]
+    }
+
+
+def _labels(resource: ModelOptimization, plan: Plan) -> tuple[Obj, Obj]:
+    """(job labels, pod labels)."""
+    name = resource.metadata.name
+    ours = child_labels(name, "optimize", plan.hash())
+    pod_labels = {**(resource.spec.scheduling.pod_labels or {}), **ours}
+    job_labels = dict(ours)
+    if resource.spec.scheduling.queue_name:
+        job_labels[QUEUE_LABEL] = resource.spec.scheduling.queue_name
+    return job_labels, pod_labels
+
+
+def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -> Obj:
+    """The batch/v1 Job that runs `plan` once, to completion, on a GPU node."""
+    name = resource.metadata.name
+    plan_hash = plan.hash()
+    workdir, work_volumes, work_mounts = _workdir(plan)
+    scratch, scratch_mounts = scratch_volumes()
+    claims, claim_mounts = pvc_mounts(plan)
+    env, env_from = _env(resource, plan)
+    job_labels, pod_labels = _labels(resource, plan)
+    container: Obj = {
+        "name": JOB_CONTAINER,
+        "image": config.job_image,
+        "command": list(config.job_command),
+        "args": [
+            "run",
+            "--plan",
+            f"{PLAN_MOUNT}/{PLAN_FILE}",
+            "--workdir",
+            workdir,
+            "--termination-log",
+            "/dev/termination-log",
+        ],
+        "env": env,
+        "envFrom": env_from,
+        "resources": _resources(resource),
+        "volumeMounts": [
+            {"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True},
+            *scratch_mounts,
+            *work_mounts,
+            *claim_mounts,
+        ],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security_context(),
+    }
+    pod_spec: Obj = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(config.uid),
+        "containers": [container],
+        "volumes": [
+            {"name": "plan", "configMap": {"name": plan_configmap_name(name, plan_hash)}},
+            *scratch,
+            *work_volumes,
+            *claims,
+        ],
+        **_scheduling(resource),
+    }
+    if config.job_service_account:
+        pod_spec["serviceAccountName"] = config.job_service_account
+    job_spec: Obj = {
+        "backoffLimit": resource.spec.scheduling.retries,
+        "activeDeadlineSeconds": parse_duration_seconds(resource.spec.scheduling.timeout),
+        "podFailurePolicy": _pod_failure_policy(),
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": dict(resource.spec.scheduling.pod_annotations or {}),
+            },
+            "spec": pod_spec,
+        },
+    }
+    if resource.spec.scheduling.queue_name:
+        job_spec["suspend"] = True  # Kueue admits the Job by unsuspending it.
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(name, plan_hash),
+            "namespace": resource.metadata.namespace,
+            "labels": job_labels,
+            "annotations": {"kiln.dev/techniques": plan.summary()},
+        },
+        "spec": job_spec,
+    }

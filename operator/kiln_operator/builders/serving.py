@@ -1,0 +1,321 @@
+"""Triton Inference Server in front of a published plan: Deployment, Service, PDB, admin key.
+
+The Deployment's name is stable and its pod template carries the plan hash, so a new plan is a
+rolling update: the old model keeps serving until pods with the new one are Ready.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln_jobs.manifest import CheckpointInfo
+from kiln_operator.api import ModelOptimization
+from kiln_operator.builders.common import (
+    container_security_context,
+    pod_security_context,
+    scratch_volumes,
+    split_store,
+)
+from kiln_operator.builders.job import STORE_ENV_PREFIX
+from kiln_operator.config import OperatorConfig
+from kiln_operator.naming import (
+    HASH_LABEL,
+    admin_secret_name,
+    child_labels,
+    deployment_name,
+    selector_labels,
+    service_name,
+)
+
+__all__ = [
+    "ADMIN_KEY_ENV",
+    "MODEL_MOUNT",
+    "TRITON_CONTAINER",
+    "build_admin_secret",
+    "build_deployment",
+    "build_pdb",
+    "build_service",
+    "checkpoint_labels",
+    "endpoint_of",
+    "serving_hash_of",
+]
+
+Obj = dict[str, Any]
+
+TRITON_CONTAINER = "triton"
+# The published plan directory (manifest.json, checkpoint/, engine/, triton/) inside the pod.
+MODEL_MOUNT = "/kiln/model"
+ADMIN_KEY_ENV = "KILN_TRITON_ADMIN_KEY"
+# Triton waits this long for in-flight requests on SIGTERM; the pod's grace period is longer.
+_EXIT_TIMEOUT_SECONDS = 30
+_GPU = "nvidia.com/gpu"
+
+
+def checkpoint_labels(checkpoint: CheckpointInfo | None) -> dict[str, str]:
+    """Labels that say what the served checkpoint is (label values: alphanumerics, -_.)."""
+    if checkpoint is None:
+        return {}
+    labels = {"kiln.dev/producer": checkpoint.producer}
+    if checkpoint.quant_algo:
+        labels["kiln.dev/quant-algo"] = checkpoint.quant_algo
+    if checkpoint.kv_cache_quant_algo:
+        labels["kiln.dev/kv-cache-quant-algo"] = checkpoint.kv_cache_quant_algo
+    if checkpoint.group_size:
+        labels["kiln.dev/group-size"] = str(checkpoint.group_size)
+    return labels
+
+
+def _checkpoint_annotations(checkpoint: CheckpointInfo | None) -> dict[str, str]:
+    if checkpoint is None:
+        return {}
+    annotations = {f"kiln.dev/tool-{tool}": v for tool, v in sorted(checkpoint.tools.items())}
+    if checkpoint.calibration_digest:
+        annotations["kiln.dev/calibration-digest"] = checkpoint.calibration_digest
+    return annotations
+
+
+def build_admin_secret(resource: ModelOptimization) -> Obj:
+    """The Secret holding the key Triton's restricted admin APIs demand. Its random
+    `admin-key` is added when it is created (once); the operator never reads it back."""
+    name = resource.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": admin_secret_name(name),
+            "namespace": resource.metadata.namespace,
+            "labels": child_labels(name, "serving"),
+        },
+        "type": "Opaque",
+    }
+
+
+def _ports(resource: ModelOptimization) -> list[Obj]:
+    service = resource.spec.serving.service
+    http, grpc, metrics = (
+        (service.http_port, service.grpc_port, service.metrics_port)
+        if service
+        else (8000, 8001, 8002)
+    )
+    return [
+        {"name": "http", "containerPort": http, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": grpc, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": metrics, "protocol": "TCP"},
+    ]
+
+
+def _triton_args(resource: ModelOptimization) -> list[str]:
+    http, grpc, metrics = (p["containerPort"] for p in _ports(resource))
+    restricted = f"model-repository,shared-memory,logging,trace:admin-key=$({ADMIN_KEY_ENV})"
+    return [
+        f"--model-repository={MODEL_MOUNT}/triton",
+        # The repository is immutable and published atomically: no remote model loading.
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--disable-auto-complete-config",
+        f"--exit-timeout-secs={_EXIT_TIMEOUT_SECONDS}",
+        f"--http-port={http}",
+        f"--grpc-port={grpc}",
+        f"--metrics-port={metrics}",
+        "--allow-metrics=true",
+        f"--http-restricted-api={restricted}",
+        f"--grpc-restricted-protocol={restricted}",
+    ]
+
+
+def _model_volume(
+    resource: ModelOptimization, store_uri: str, plan_hash: str, config: OperatorConfig
+) -> tuple[list[Obj], list[Obj], list[Obj]]:
+    """(volumes, mounts, init containers) that put the published plan at MODEL_MOUNT."""
+    store = split_store(store_uri)
+    mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+    if store.scheme == "pvc":
+        volume = {
+            "name": "model",
+            "persistentVolumeClaim": {"claimName": store.root, "readOnly": True},
+        }
+        return [volume], [{**mount, "subPath": store.plan_path(plan_hash)}], []
+    # s3: copy the published plan into the pod before Triton starts.
+    env_from = []
+    if resource.spec.artifacts.credentials_secret:
+        env_from.append(
+            {
+                "prefix": STORE_ENV_PREFIX,
+                "secretRef": {"name": resource.spec.artifacts.credentials_secret},
+            }
+        )
+    fetch = {
+        "name": "fetch-model",
+        "image": config.job_image,
+        "command": list(config.job_command),
+        "args": ["fetch", "--store", store_uri, "--plan-hash", plan_hash, "--dest", MODEL_MOUNT],
+        "envFrom": env_from,
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "volumeMounts": [
+            {"name": "model", "mountPath": MODEL_MOUNT},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": container_security_context(),
+    }
+    return [{"name": "model", "emptyDir": {}}], [mount], [fetch]
+
+
+def _serving_resources(resource: ModelOptimization) -> Obj:
+    spec = resource.spec
+    wanted = spec.serving.resources
+    requests = dict(wanted.requests or {}) if wanted else {}
+    limits = dict(wanted.limits or {}) if wanted else {}
+    if spec.engine.backend != "none":
+        gpus = str(spec.engine.tensor_parallel * spec.engine.pipeline_parallel)
+        requests[_GPU] = limits[_GPU] = gpus
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _probes() -> Obj:
+    ready = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
+    return {
+        "readinessProbe": {**ready, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        # Large engines take minutes to load: up to 30 minutes before liveness applies.
+        "startupProbe": {**ready, "periodSeconds": 10, "failureThreshold": 180},
+    }
+
+
+def build_deployment(
+    resource: ModelOptimization,
+    *,
+    plan_hash: str,
+    store_uri: str,
+    checkpoint: CheckpointInfo | None,
+    config: OperatorConfig,
+) -> Obj:
+    """Triton serving the published plan `plan_hash`."""
+    name = resource.metadata.name
+    spec = resource.spec
+    volumes, mounts, init_containers = _model_volume(resource, store_uri, plan_hash, config)
+    scratch, scratch_mounts = scratch_volumes()
+    labels = {**child_labels(name, "serving", plan_hash), **checkpoint_labels(checkpoint)}
+    pod_labels = {**(spec.scheduling.pod_labels or {}), **labels}
+    container: Obj = {
+        "name": TRITON_CONTAINER,
+        "image": spec.serving.image or config.triton_image,
+        "command": list(config.triton_command),
+        "args": _triton_args(resource),
+        "ports": _ports(resource),
+        "env": [
+            {
+                "name": ADMIN_KEY_ENV,
+                "valueFrom": {
+                    "secretKeyRef": {"name": admin_secret_name(name), "key": "admin-key"}
+                },
+            },
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "resources": _serving_resources(resource),
+        "volumeMounts": [*mounts, *scratch_mounts],
+        "securityContext": container_security_context(),
+        **_probes(),
+    }
+    pod_spec: Obj = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(config.uid),
+        "terminationGracePeriodSeconds": _EXIT_TIMEOUT_SECONDS + 30,
+        "initContainers": init_containers,
+        "containers": [container],
+        "volumes": [*volumes, *scratch],
+    }
+    if spec.engine.backend != "none":
+        pod_spec["tolerations"] = [{"key": _GPU, "operator": "Exists", "effect": "NoSchedule"}]
+        if spec.resources.gpu_product:
+            pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": spec.resources.gpu_product}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(name),
+            "namespace": resource.metadata.namespace,
+            "labels": labels,
+            "annotations": _checkpoint_annotations(checkpoint),
+        },
+        "spec": {
+            "replicas": spec.serving.replicas,
+            "selector": {"matchLabels": selector_labels(name, "serving")},
+            # Never drop below the desired count: the old model serves until the new is Ready.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        **(spec.scheduling.pod_annotations or {}),
+                        "kiln.dev/plan-hash": plan_hash,
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_service(resource: ModelOptimization) -> Obj:
+    """The Service clients use: http, grpc and metrics ports."""
+    name = resource.metadata.name
+    service = resource.spec.serving.service
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": service_name(name),
+            "namespace": resource.metadata.namespace,
+            "labels": child_labels(name, "serving"),
+        },
+        "spec": {
+            "type": service.type if service else "ClusterIP",
+            "selector": selector_labels(name, "serving"),
+            "ports": [
+                {"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]}
+                for p in _ports(resource)
+            ],
+        },
+    }
+
+
+def build_pdb(resource: ModelOptimization) -> Obj | None:
+    """Keep all but one replica serving through voluntary disruptions (replicas > 1 only)."""
+    if resource.spec.serving.replicas <= 1:
+        return None
+    name = resource.metadata.name
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": service_name(name),
+            "namespace": resource.metadata.namespace,
+            "labels": child_labels(name, "serving"),
+        },
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(name, "serving")},
+        },
+    }
+
+
+def endpoint_of(resource: ModelOptimization) -> str:
+    """In-cluster HTTP address of the Service."""
+    port = _ports(resource)[0]["containerPort"]
+    return f"http://{service_name(resource.metadata.name)}.{resource.metadata.namespace}.svc:{port}"
+
+
+def serving_hash_of(deployment: Obj | None) -> str | None:
+    """Short plan hash the Deployment's pods serve (from its labels)."""
+    if not deployment:
+        return None
+    return deployment.get("metadata", {}).get("labels", {}).get(HASH_LABEL)

@@ -1,0 +1,71 @@
+"""Kubernetes-style conditions (metav1.Condition) kept the way controllers keep them.
+
+`lastTransitionTime` changes only when a condition's status changes, so watchers (kstatus,
+Argo CD, `kubectl wait`) see real transitions, not every reconcile.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+__all__ = [
+    "DEPLOYED",
+    "OPTIMIZED",
+    "READY",
+    "RECONCILING",
+    "SMOKE_TESTED",
+    "STALLED",
+    "find_condition",
+    "now_rfc3339",
+    "set_condition",
+]
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+OPTIMIZED = "Optimized"
+DEPLOYED = "Deployed"
+SMOKE_TESTED = "SmokeTested"
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+# Kubernetes caps condition messages at 32768 bytes; keep them readable well below that.
+_MAX_MESSAGE = 4096
+
+
+def now_rfc3339() -> str:
+    """The current time as Kubernetes writes it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find_condition(conditions: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    """The condition of a type, if present."""
+    return next((c for c in conditions if c.get("type") == kind), None)
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    kind: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """A new list with one condition set; its transition time kept when status is unchanged."""
+    previous = find_condition(conditions, kind)
+    transition = now
+    if previous is not None and previous.get("status") == status:
+        transition = previous.get("lastTransitionTime", now)
+    condition: dict[str, Any] = {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message[:_MAX_MESSAGE],
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    kept = [c for c in conditions if c.get("type") != kind]
+    return [*kept, condition]

@@ -1,0 +1,147 @@
+"""kopf handlers: thin triggers around one level-triggered `Reconciler.reconcile`.
+
+Every trigger — the resource changing, a timer, an owned Job or Deployment changing — runs the
+same function, which reads the resource and its children fresh and converges them. Nothing is
+remembered between calls that the cluster does not also hold, so a restarted operator continues
+where the previous one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from kiln_operator.api import GROUP, PLURAL, VERSION
+from kiln_operator.conditions import now_rfc3339
+from kiln_operator.config import OperatorConfig
+from kiln_operator.jobstate import view_job
+from kiln_operator.kube import KubeApi
+from kiln_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, PhaseClock
+from kiln_operator.naming import COMPONENT_LABEL, OWNER_LABEL
+from kiln_operator.reconcile import Decision, Prepared, decide, decide_invalid, prepare
+from kiln_operator.smoke import smoke_test
+
+__all__ = ["Reconciler", "register"]
+
+# Ready resources are re-examined this often even when nothing about them changed.
+_RESYNC_READY_SECONDS = 300.0
+_MANAGED = {"app.kubernetes.io/managed-by": "kiln"}
+
+
+class Reconciler:
+    """Converges one ModelOptimization at a time; safe to call from any trigger, any thread."""
+
+    def __init__(self, api: KubeApi, config: OperatorConfig) -> None:
+        self.api = api
+        self.config = config
+        self.clock = PhaseClock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._last_done: dict[str, float] = {}
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def reconcile(self, namespace: str, name: str, *, periodic: bool = False) -> Decision | None:
+        """Read the resource and its children, decide, apply. Returns what was decided."""
+        key = f"{namespace}/{name}"
+        with self._lock(key):
+            body = self.api.get_resource(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                self.clock.observe(key, None)
+                return None
+            if periodic and self._settled(key, body):
+                return None
+            started = time.monotonic()
+            try:
+                decision = self._decide(body)
+                self.api.execute(decision, body)
+            except ApiException as error:
+                RECONCILE_ERRORS.labels(f"http_{error.status}").inc()
+                raise
+            RECONCILE_SECONDS.observe(time.monotonic() - started)
+            RECONCILES.labels(decision.status.get("phase") or "Unknown").inc()
+            self.clock.observe(key, decision.status.get("phase"))
+            self._last_done[key] = time.monotonic()
+            return decision
+
+    def _settled(self, key: str, body: dict[str, Any]) -> bool:
+        """A Ready resource that was examined recently needs no periodic look."""
+        status = body.get("status") or {}
+        fresh = time.monotonic() - self._last_done.get(key, 0.0) < _RESYNC_READY_SECONDS
+        current = status.get("observedGeneration") == body["metadata"].get("generation")
+        return fresh and current and status.get("phase") in ("Ready", "Failed")
+
+    def _decide(self, body: dict[str, Any]) -> Decision:
+        prepared = prepare(body, self.config)
+        now = now_rfc3339()
+        if not isinstance(prepared, Prepared):
+            return decide_invalid(body, prepared, now)
+        observed = self.api.observe(prepared, self.config)
+        if observed.job is not None:
+            state = view_job(observed.job, observed.job_pods).state
+            self.clock.observe(
+                f"{body['metadata']['namespace']}/{body['metadata']['name']}",
+                (body.get("status") or {}).get("phase"),
+                state,
+            )
+        decision = decide(prepared, observed, self.config, now)
+        if decision.smoke is not None:
+            observed.smoke = smoke_test(decision.smoke, self.config.smoke_timeout_seconds)
+            decision = decide(prepared, observed, self.config, now)
+        return decision
+
+
+def register(
+    reconciler: Reconciler, registry: kopf.OperatorRegistry, logger: logging.Logger
+) -> None:
+    """Register every handler on `registry`."""
+    resource = (GROUP, VERSION, PLURAL)
+    poll = reconciler.config.poll_seconds
+
+    def converge(namespace: str, name: str, *, periodic: bool = False) -> None:
+        try:
+            reconciler.reconcile(namespace, name, periodic=periodic)
+        except ApiException as error:
+            if error.status in (409, 429) or error.status >= 500:
+                raise kopf.TemporaryError(
+                    f"API server said {error.status}: {error.reason}", delay=2
+                ) from error
+            raise
+
+    @kopf.on.resume(*resource, registry=registry, retries=10, backoff=5)
+    @kopf.on.create(*resource, registry=registry, retries=10, backoff=5)
+    @kopf.on.update(*resource, field="spec", registry=registry, retries=10, backoff=5)
+    def on_change(*, name: str, namespace: str | None, **_: Any) -> None:
+        converge(namespace or "default", name)
+
+    # Errors are logged and the next tick retries: a timer never needs kopf's retry loop.
+    @kopf.timer(*resource, interval=poll, registry=registry, errors=kopf.ErrorsMode.IGNORED)
+    def on_tick(*, name: str, namespace: str | None, **_: Any) -> None:
+        converge(namespace or "default", name, periodic=True)
+
+    optimize = {**_MANAGED, COMPONENT_LABEL: "optimize"}
+    serving = {**_MANAGED, COMPONENT_LABEL: "serving"}
+
+    @kopf.on.event("batch", "v1", "jobs", labels=optimize, registry=registry)
+    @kopf.on.event("v1", "pods", labels=optimize, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels=serving, registry=registry)
+    def on_child(
+        *, labels: Mapping[str, str], namespace: str | None, type: str | None, **_: Any
+    ) -> None:
+        owner = labels.get(OWNER_LABEL)
+        if owner is None or namespace is None or type is None:
+            return  # type None: the initial listing; the resume handler covers it
+        try:
+            reconciler.reconcile(namespace, owner)
+        except ApiException as error:
+            logger.warning(
+                "reconcile of %s/%s after a child event failed: %s", namespace, owner, error.reason
+            )

@@ -1,0 +1,262 @@
+"""The one layer that talks to the Kubernetes API: observe children, apply a Decision.
+
+Creation is idempotent by name (409 means it already exists); Deployments, Services and PDBs
+go through server-side apply, so re-applying the same desired object is a no-op and a changed
+spec patches exactly the fields Kiln owns. Jobs are never patched: Kueue owns `suspend`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+
+from kiln_operator.api import GROUP, PLURAL, VERSION
+from kiln_operator.builders.common import input_uris, split_store
+from kiln_operator.conditions import now_rfc3339
+from kiln_operator.config import OperatorConfig
+from kiln_operator.jobstate import parse_progress
+from kiln_operator.naming import (
+    COMPONENT_LABEL,
+    HASH_LABEL,
+    OWNER_LABEL,
+    deployment_name,
+    job_name,
+    short_hash,
+)
+from kiln_operator.reconcile import Decision, Event, Observed, Prepared
+from kiln_operator.store import find_published
+
+__all__ = ["FIELD_MANAGER", "KubeApi", "load_kube_config"]
+
+Obj = dict[str, Any]
+FIELD_MANAGER = "kiln-operator"
+_LOG_TAIL_LINES = 40
+_KINDS = {
+    "Job": ("batch/v1", "Job"),
+    "ConfigMap": ("v1", "ConfigMap"),
+    "Secret": ("v1", "Secret"),
+    "Deployment": ("apps/v1", "Deployment"),
+    "Service": ("v1", "Service"),
+    "PodDisruptionBudget": ("policy/v1", "PodDisruptionBudget"),
+}
+
+
+def load_kube_config() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else KUBECONFIG."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def _missing(error: ApiException) -> bool:
+    return error.status == 404
+
+
+class KubeApi:
+    """Reads and writes for one operator process."""
+
+    def __init__(self, api_client: client.ApiClient, logger: logging.Logger | None = None):
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.dynamic = DynamicClient(api_client)
+        self.log = logger or logging.getLogger("kiln.operator")
+
+    # --- the resource -----------------------------------------------------------------------
+
+    def get_resource(self, namespace: str, name: str) -> Obj | None:
+        """The ModelOptimization, fresh from the API server."""
+        try:
+            found = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+            return cast(Obj, found)
+        except ApiException as error:
+            if _missing(error):
+                return None
+            raise
+
+    def list_resources(self) -> list[Obj]:
+        """Every ModelOptimization in the cluster."""
+        listing = cast(Obj, self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+        return list(listing.get("items", []))
+
+    # --- observing ----------------------------------------------------------------------------
+
+    def observe(self, prepared: Prepared, cfg: OperatorConfig) -> Observed:
+        """Everything `decide` needs about the resource's current plan."""
+        namespace = prepared.resource.metadata.namespace or "default"
+        name = prepared.resource.metadata.name
+        plan_hash = prepared.plan_hash
+        observed = Observed()
+        observed.published = find_published(prepared.plan.output.store, plan_hash, cfg.store_mounts)
+        observed.job = self._get("Job", namespace, job_name(name, plan_hash))
+        if observed.job is not None:
+            observed.job_pods = self._job_pods(namespace, observed.job)
+            observed.progress = self._progress(namespace, observed.job_pods)
+        observed.deployment = self._get("Deployment", namespace, deployment_name(name))
+        stale = f"{OWNER_LABEL}={name},{HASH_LABEL}!={short_hash(plan_hash)}"
+        observed.stale_jobs = self._names("Job", namespace, stale)
+        observed.stale_configmaps = self._names("ConfigMap", namespace, stale)
+        if observed.published is None and observed.job is None:
+            observed.missing_claims = self._missing_claims(namespace, prepared)
+            if cfg.max_running_jobs:
+                observed.running_jobs = self._running_jobs()
+        return observed
+
+    def _get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        api_version, real_kind = _KINDS[kind]
+        resource = self.dynamic.resources.get(api_version=api_version, kind=real_kind)
+        try:
+            return resource.get(name=name, namespace=namespace).to_dict()
+        except ApiException as error:
+            if _missing(error):
+                return None
+            raise
+
+    def _names(self, kind: str, namespace: str, selector: str) -> list[str]:
+        api_version, real_kind = _KINDS[kind]
+        resource = self.dynamic.resources.get(api_version=api_version, kind=real_kind)
+        listing = resource.get(namespace=namespace, label_selector=selector)
+        return [item["metadata"]["name"] for item in listing.to_dict().get("items", [])]
+
+    def _job_pods(self, namespace: str, job: Obj) -> list[Obj]:
+        uid = job["metadata"]["uid"]
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"controller-uid={uid}")
+        return [self.api_client.sanitize_for_serialization(p) for p in pods.items]
+
+    def _progress(self, namespace: str, pods: list[Obj]):  # type: ignore[no-untyped-def]
+        running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+        if not running:
+            return None
+        pod = max(running, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        try:
+            tail = self.core.read_namespaced_pod_log(
+                pod["metadata"]["name"], namespace, tail_lines=_LOG_TAIL_LINES
+            )
+        except ApiException as error:
+            self.log.debug("no log for %s: %s", pod["metadata"]["name"], error.reason)
+            return None
+        return parse_progress(tail or "")
+
+    def _missing_claims(self, namespace: str, prepared: Prepared) -> list[str]:
+        uris = [*input_uris(prepared.plan), prepared.plan.output.store]
+        claims = sorted({split_store(u).root for u in uris if u.startswith("pvc://")})
+        missing = []
+        for claim in claims:
+            try:
+                self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+            except ApiException as error:
+                if not _missing(error):
+                    raise
+                missing.append(claim)
+        return missing
+
+    def _running_jobs(self) -> int:
+        selector = f"app.kubernetes.io/managed-by=kiln,{COMPONENT_LABEL}=optimize"
+        jobs = self.batch.list_job_for_all_namespaces(label_selector=selector)
+        return sum(1 for job in jobs.items if job.status and (job.status.active or 0) > 0)
+
+    # --- acting -------------------------------------------------------------------------------
+
+    def execute(self, decision: Decision, body: Obj) -> None:
+        """Apply a Decision: children first, then status, then events."""
+        namespace = body["metadata"]["namespace"]
+        for obj in decision.secrets:
+            # Generated here, once: the key is random and never read back by the operator.
+            self._create({**obj, "stringData": {"admin-key": secrets.token_urlsafe(32)}}, namespace)
+        for obj in decision.create:
+            self._create(obj, namespace)
+        for obj in decision.apply:
+            self._apply(obj, namespace)
+        for kind, name in decision.delete:
+            self._delete(kind, namespace, name)
+        self.patch_status(body, decision.status)
+        for event in decision.events:
+            self.post_event(body, event)
+
+    def _create(self, obj: Obj, namespace: str) -> None:
+        kind = obj["kind"]
+        resource = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=kind)
+        try:
+            resource.create(body=obj, namespace=namespace)
+            self.log.info("created %s %s", kind, obj["metadata"]["name"])
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    def _apply(self, obj: Obj, namespace: str) -> None:
+        resource = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        resource.server_side_apply(
+            body=obj,
+            name=obj["metadata"]["name"],
+            namespace=namespace,
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+
+    def _delete(self, kind: str, namespace: str, name: str) -> None:
+        api_version, real_kind = _KINDS[kind]
+        resource = self.dynamic.resources.get(api_version=api_version, kind=real_kind)
+        try:
+            resource.delete(
+                name=name, namespace=namespace, body={"propagationPolicy": "Background"}
+            )
+            self.log.info("deleted %s %s", kind, name)
+        except ApiException as error:
+            if not _missing(error):
+                raise
+
+    def patch_status(self, body: Obj, status: Obj) -> None:
+        """Merge-patch the status subresource when it changed."""
+        previous = body.get("status") or {}
+        if all(previous.get(k) == v for k, v in status.items() if v is not None) and all(
+            k not in previous for k, v in status.items() if v is None
+        ):
+            return
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            body["metadata"]["namespace"],
+            PLURAL,
+            body["metadata"]["name"],
+            {"status": status},
+        )
+
+    def post_event(self, body: Obj, event: Event) -> None:
+        """A core/v1 Event on the resource, as `kubectl describe` shows them."""
+        meta = body["metadata"]
+        now = now_rfc3339()
+        manifest = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body["apiVersion"],
+                "kind": body["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], cast(Any, manifest))
+        except ApiException as error:
+            self.log.warning("could not post event %s: %s", event.reason, error.reason)

@@ -1,0 +1,131 @@
+"""`kiln operator`: configure kopf and run the handlers until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from kiln_operator.api import GROUP
+from kiln_operator.config import OperatorConfig, load_config
+from kiln_operator.handlers import Reconciler, register
+from kiln_operator.kube import KubeApi, load_kube_config
+from kiln_operator.metrics import serve_metrics
+
+__all__ = ["configure_kopf", "run_operator"]
+
+log = logging.getLogger("kiln.operator")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln operator", description=__doc__)
+    parser.add_argument("--config", type=Path, help="operator config YAML (Helm mounts one)")
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no peering: for a single replica or local development",
+    )
+    parser.add_argument("--peering", default="kiln", help="kopf peering object name")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority (default: random, so replicas never tie)",
+    )
+    parser.add_argument(
+        "--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
+    )
+    parser.add_argument("--json-logs", action="store_true", help="log JSON lines")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _logging(json_logs: bool, verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler()
+    if json_logs:
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    # kopf logs every handler call at INFO; keep the operator's own story readable.
+    logging.getLogger("kopf").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+
+
+def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """kopf's bookkeeping lives in annotations, never in `status` (status is Kiln's)."""
+    prefix = GROUP
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{prefix}/cleanup"
+    # Kiln posts its own, readable Events; kopf's per-handler events would drown them.
+    settings.posting.enabled = False
+    # Recover from silently dropped watch streams: reconnect at least every 5 minutes.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 30
+    settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    settings.execution.max_workers = 8
+    if config.webhook:
+        from kiln_operator.webhook import configure_webhook
+
+        configure_webhook(settings, config)
+
+
+def run_operator(argv: Sequence[str]) -> int:
+    """Run until SIGINT/SIGTERM."""
+    args = _parser().parse_args(list(argv))
+    _logging(args.json_logs, args.verbose)
+    config = load_config(args.config)
+    namespaces = args.namespace or config.namespaces
+    priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
+    api = KubeApi(load_kube_config(), log)
+    reconciler = Reconciler(api, config)
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings, config)
+        serve_metrics(config.metrics_port)
+        log.info(
+            "Kiln operator watching %s (job image %s, peering %s)",
+            ", ".join(namespaces) or "all namespaces",
+            config.job_image,
+            "off" if args.standalone else f"{args.peering} priority {priority}",
+        )
+
+    register(reconciler, registry, log)
+    if config.webhook:
+        from kiln_operator.webhook import register_webhook
+
+        register_webhook(registry, config, api)
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=args.standalone,
+            peering_name=args.peering,
+            priority=priority,
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0

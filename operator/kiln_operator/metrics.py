@@ -1,0 +1,78 @@
+"""Prometheus metrics of the operator."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+__all__ = [
+    "JOBS",
+    "PHASES",
+    "PHASE_SECONDS",
+    "RECONCILES",
+    "RECONCILE_ERRORS",
+    "RECONCILE_SECONDS",
+    "PhaseClock",
+    "serve_metrics",
+]
+
+RECONCILES = Counter("kiln_reconciles_total", "Reconciles by outcome", ["outcome"])
+RECONCILE_ERRORS = Counter("kiln_reconcile_errors_total", "Reconciles that raised", ["error"])
+RECONCILE_SECONDS = Histogram("kiln_reconcile_seconds", "Time spent in one reconcile")
+PHASES = Gauge("kiln_model_optimizations", "ModelOptimizations by phase", ["phase"])
+JOBS = Gauge("kiln_optimization_jobs", "Optimization Jobs by state", ["state"])
+PHASE_SECONDS = Histogram(
+    "kiln_phase_seconds",
+    "Time a ModelOptimization spent in a phase before leaving it",
+    ["phase"],
+    buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 48 * 3600),
+)
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on `port` (0 disables)."""
+    if port:
+        start_http_server(port)
+
+
+class PhaseClock:
+    """Tracks each resource's phase to observe time per phase and the per-phase gauges."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, tuple[str, float]] = {}
+        self._jobs: dict[str, str] = {}
+
+    def observe(self, key: str, phase: str | None, job_state: str | None = None) -> None:
+        now = time.monotonic()
+        previous = self._since.get(key)
+        if phase is None:
+            self._since.pop(key, None)
+            self._jobs.pop(key, None)
+        elif previous is None or previous[0] != phase:
+            if previous is not None:
+                PHASE_SECONDS.labels(previous[0]).observe(now - previous[1])
+            self._since[key] = (phase, now)
+        if job_state is not None:
+            self._jobs[key] = job_state
+        self._publish()
+
+    def _publish(self) -> None:
+        counts: dict[str, int] = {}
+        for phase, _ in self._since.values():
+            counts[phase] = counts.get(phase, 0) + 1
+        for phase in ("Pending", "Queued", "Optimizing", "Deploying", "Ready", "Failed"):
+            PHASES.labels(phase).set(counts.get(phase, 0))
+        job_counts: dict[str, int] = {}
+        for state in self._jobs.values():
+            job_counts[state] = job_counts.get(state, 0) + 1
+        for state in (
+            "Suspended",
+            "Pending",
+            "Unschedulable",
+            "Blocked",
+            "Running",
+            "Succeeded",
+            "Failed",
+        ):
+            JOBS.labels(state).set(job_counts.get(state, 0))

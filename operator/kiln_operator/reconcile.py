@@ -1,0 +1,569 @@
+"""The reconcile decision: (resource, what exists) → (what should exist, status, events).
+
+Pure: no API calls. The handler observes the cluster, calls `prepare` then `decide`, applies the
+Decision, and calls again with a smoke-test result when the Decision asks for one. Everything that
+matters for restarts lives in the cluster (children found by deterministic names and labels, the
+record in `status`), never in the operator's memory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kiln_jobs.manifest import Attempt, CheckpointInfo, Metrics, Progress, StageResult
+from kiln_jobs.plan import Plan
+from kiln_operator.api import ModelOptimization
+from kiln_operator.builders.job import build_job, build_plan_configmap
+from kiln_operator.builders.serving import (
+    build_admin_secret,
+    build_deployment,
+    build_pdb,
+    build_service,
+    endpoint_of,
+)
+from kiln_operator.compiler import CompileError, CompileOptions, compile_plan
+from kiln_operator.conditions import (
+    DEPLOYED,
+    OPTIMIZED,
+    READY,
+    RECONCILING,
+    SMOKE_TESTED,
+    STALLED,
+    ConditionStatus,
+    find_condition,
+    set_condition,
+)
+from kiln_operator.config import OperatorConfig
+from kiln_operator.jobstate import JobView, view_job
+from kiln_operator.naming import HASH_LABEL, job_name, service_name, short_hash
+from kiln_operator.validation import Problem, parse_resource
+
+__all__ = [
+    "Decision",
+    "Event",
+    "Observed",
+    "Prepared",
+    "Published",
+    "SmokeRequest",
+    "SmokeResult",
+    "decide",
+    "decide_invalid",
+    "owner_reference",
+    "prepare",
+]
+
+Obj = dict[str, Any]
+_CAMEL_HUMP = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+@dataclass(frozen=True)
+class Published:
+    """A plan whose artifacts are in the store."""
+
+    plan_hash: str
+    metrics: Metrics | None = None
+    checkpoint: CheckpointInfo | None = None
+    stages: tuple[StageResult, ...] = ()
+    attempts: tuple[Attempt, ...] = ()
+    manifest_digest: str | None = None
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    """The outcome of one real generation request against Triton."""
+
+    plan_hash: str
+    ok: bool
+    message: str
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class SmokeRequest:
+    """Ask the handler to send one generation request, then decide again."""
+
+    endpoint: str
+    model_name: str
+    prompt: str
+    max_tokens: int
+    plan_hash: str
+
+
+@dataclass
+class Observed:
+    """What exists in the cluster (and the store) for one resource and its current plan."""
+
+    job: Obj | None = None
+    job_pods: list[Obj] = field(default_factory=list)
+    progress: Progress | None = None
+    published: Published | None = None
+    deployment: Obj | None = None
+    stale_jobs: list[str] = field(default_factory=list)
+    stale_configmaps: list[str] = field(default_factory=list)
+    missing_claims: list[str] = field(default_factory=list)
+    running_jobs: int = 0
+    smoke: SmokeResult | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event about the resource."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    """What the handler must do."""
+
+    status: Obj
+    create: list[Obj] = field(default_factory=list)  # create when absent, never patched
+    secrets: list[Obj] = field(default_factory=list)  # created once with a random key
+    apply: list[Obj] = field(default_factory=list)  # server-side apply
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+    events: list[Event] = field(default_factory=list)
+    smoke: SmokeRequest | None = None
+    requeue_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A resource that parsed and compiled."""
+
+    body: Obj
+    resource: ModelOptimization
+    plan: Plan
+
+    @property
+    def plan_hash(self) -> str:
+        """The plan's full hash."""
+        return self.plan.hash()
+
+
+def compile_options(config: OperatorConfig) -> CompileOptions:
+    """How the operator compiles: for the cluster, with the platform team's defaults."""
+    return CompileOptions(
+        target="cluster",
+        runtime=config.job_image,
+        default_store=config.default_store,
+        engine_fallback=config.engine_fallback,
+    )
+
+
+def prepare(body: Obj, config: OperatorConfig) -> Prepared | list[Problem]:
+    """Parse and compile, or the problems that stop it."""
+    resource, problems = parse_resource(body)
+    if resource is None:
+        return problems
+    try:
+        plan = compile_plan(
+            resource.spec,
+            name=resource.metadata.name,
+            namespace=resource.metadata.namespace,
+            generation=resource.metadata.generation,
+            options=compile_options(config),
+        )
+    except CompileError as error:
+        return [Problem(error.path, error.message)]
+    return Prepared(body, resource, plan)
+
+
+def owner_reference(body: Obj) -> Obj:
+    """The controller reference that ties a child's life to the resource."""
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": body["kind"],
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _owned(obj: Obj, body: Obj) -> Obj:
+    obj["metadata"]["ownerReferences"] = [owner_reference(body)]
+    return obj
+
+
+class _Status:
+    """The status being built, with the previous one for transition times and events."""
+
+    def __init__(self, body: Obj, now: str) -> None:
+        self.previous: Obj = body.get("status") or {}
+        self.generation: int | None = body["metadata"].get("generation")
+        self.now = now
+        self.conditions: list[Obj] = list(self.previous.get("conditions") or [])
+        self.fields: Obj = {"observedGeneration": self.generation}
+
+    def condition(self, kind: str, status: ConditionStatus, reason: str, message: str) -> None:
+        self.conditions = set_condition(
+            self.conditions,
+            kind,
+            status,
+            reason,
+            message,
+            generation=self.generation,
+            now=self.now,
+        )
+
+    def working(self, phase: str, reason: str, message: str) -> None:
+        """Progress is being made: Reconciling, not Ready, not Stalled."""
+        self.fields["phase"] = phase
+        self.condition(RECONCILING, "True", reason, message)
+        self.condition(STALLED, "False", reason, message)
+        self.condition(READY, "False", reason, message)
+
+    def stalled(self, phase: str, reason: str, message: str) -> None:
+        """Progress needs the user: Stalled, not Reconciling, not Ready."""
+        self.fields["phase"] = phase
+        self.condition(STALLED, "True", reason, message)
+        self.condition(RECONCILING, "False", reason, message)
+        self.condition(READY, "False", reason, message)
+
+    def ready(self, reason: str, message: str) -> None:
+        self.fields["phase"] = "Ready"
+        self.condition(READY, "True", reason, message)
+        self.condition(RECONCILING, "False", reason, message)
+        self.condition(STALLED, "False", reason, message)
+
+    def build(self) -> Obj:
+        status = {**self.fields, "conditions": self.conditions}
+        # Merge patch: an explicit None removes a field left over from an earlier plan.
+        for key in (
+            "progress",
+            "stages",
+            "metrics",
+            "attempts",
+            "checkpoint",
+            "endpoint",
+            "jobName",
+            "planHash",
+            "techniques",
+            "artifacts",
+            "manifestDigest",
+        ):
+            status.setdefault(key, None)
+        status.setdefault("servingPlanHash", self.previous.get("servingPlanHash"))
+        return status
+
+    def events(self) -> list[Event]:
+        """Events for what changed since the previous status."""
+        found: list[Event] = []
+        old_phase, new_phase = self.previous.get("phase"), self.fields.get("phase")
+        for kind in (STALLED, OPTIMIZED, DEPLOYED, SMOKE_TESTED, READY):
+            new = find_condition(self.conditions, kind)
+            old = find_condition(self.previous.get("conditions") or [], kind)
+            if new is None or (
+                old and (old["status"], old["reason"]) == (new["status"], new["reason"])
+            ):
+                continue
+            if kind == STALLED and new["status"] == "False":
+                continue
+            bad = (kind == STALLED) or new["status"] == "False"
+            if kind == READY and new["status"] == "False":
+                continue  # Ready=False mirrors other conditions; their events say why
+            found.append(Event("Warning" if bad else "Normal", new["reason"], new["message"]))
+        if old_phase != new_phase and not found:
+            reconciling = find_condition(self.conditions, RECONCILING) or {}
+            found.append(Event("Normal", new_phase or "Unknown", reconciling.get("message", "")))
+        return found
+
+
+def decide_invalid(body: Obj, problems: list[Problem], now: str) -> Decision:
+    """A resource that cannot be compiled: Stalled with every problem, children untouched."""
+    status = _Status(body, now)
+    message = "; ".join(str(p) for p in problems)
+    status.stalled("Failed", "InvalidSpec", f"fix the spec: {message}")
+    return Decision(status=status.build(), events=status.events())
+
+
+def _published_from_job(view: JobView, plan_hash: str) -> Published:
+    result = view.result
+    if result is None or not result.ok:
+        return Published(plan_hash)
+    return Published(
+        plan_hash,
+        metrics=result.metrics,
+        checkpoint=result.checkpoint,
+        stages=tuple(result.stages),
+    )
+
+
+def _published_from_status(previous: Obj, plan_hash: str) -> Published | None:
+    """The record in status, when the Job that produced it is gone."""
+    optimized = find_condition(previous.get("conditions") or [], OPTIMIZED)
+    if previous.get("planHash") != plan_hash or not optimized or optimized["status"] != "True":
+        return None
+    return Published(
+        plan_hash,
+        metrics=Metrics.model_validate(_snake(previous["metrics"]))
+        if previous.get("metrics")
+        else None,
+        checkpoint=CheckpointInfo.model_validate(_snake(previous["checkpoint"]))
+        if previous.get("checkpoint")
+        else None,
+        manifest_digest=previous.get("manifestDigest"),
+    )
+
+
+def _snake(obj: Obj) -> Obj:
+    """Status (camelCase) back to manifest models (snake_case), dropping derived fields."""
+    return {
+        _CAMEL_HUMP.sub("_", k).lower(): v
+        for k, v in obj.items()
+        if k not in ("compressionRatio", "speedup")
+    }
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _record_published(status: _Status, published: Published) -> None:
+    if published.metrics:
+        metrics = {_camel(k): v for k, v in published.metrics.model_dump(exclude_none=True).items()}
+        base, size = metrics.get("baselineSizeBytes"), metrics.get("sizeBytes")
+        if base and size:
+            metrics["compressionRatio"] = round(base / size, 3)
+        status.fields["metrics"] = metrics
+    if published.checkpoint:
+        status.fields["checkpoint"] = {
+            _camel(k): v for k, v in published.checkpoint.model_dump(exclude_none=True).items()
+        }
+    if published.stages:
+        status.fields["stages"] = [
+            {k: v for k, v in s.model_dump(exclude_none=True).items() if k != "metrics"}
+            for s in published.stages
+        ]
+    if published.attempts:
+        status.fields["attempts"] = [
+            {_camel(k): v for k, v in a.model_dump(exclude_none=True).items() if k != "seconds"}
+            for a in published.attempts
+        ]
+    if published.manifest_digest:
+        status.fields["manifestDigest"] = published.manifest_digest
+
+
+def _job_in_progress(
+    status: _Status, prepared: Prepared, observed: Observed, config: OperatorConfig
+) -> Decision:
+    """No artifacts yet: create the Job, or report how it is doing."""
+    body, resource, plan = prepared.body, prepared.resource, prepared.plan
+    decision = Decision(status={}, requeue_after=config.poll_seconds)
+    if observed.missing_claims:
+        claims = ", ".join(observed.missing_claims)
+        status.working(
+            "Pending",
+            "WaitingForVolume",
+            f"waiting for PersistentVolumeClaim(s) {claims} in this namespace",
+        )
+        return decision
+    if observed.job is None:
+        if config.max_running_jobs and observed.running_jobs >= config.max_running_jobs:
+            status.working(
+                "Queued",
+                "WaitingForSlot",
+                f"{observed.running_jobs} optimization Jobs are running, the "
+                f"installation's limit; this one starts when one finishes",
+            )
+            return decision
+        decision.create += [
+            _owned(build_plan_configmap(resource, plan), body),
+            _owned(build_job(resource, plan, config), body),
+        ]
+        status.working("Pending", "JobCreated", f"created Job {status.fields['jobName']}")
+        return decision
+    view = view_job(observed.job, observed.job_pods)
+    if view.state == "Failed":
+        status.condition(OPTIMIZED, "False", view.reason, view.message)
+        status.stalled("Failed", view.reason, view.message)
+        if view.result and view.result.stages:
+            status.fields["stages"] = [
+                {k: v for k, v in s.model_dump(exclude_none=True).items() if k != "metrics"}
+                for s in view.result.stages
+            ]
+        decision.requeue_after = None
+        return decision
+    if view.state == "Blocked":
+        status.stalled("Pending", view.reason, view.message)
+        return decision
+    if view.state in ("Suspended", "Unschedulable"):
+        status.working("Queued", view.reason, view.message)
+        return decision
+    if view.state == "Running":
+        progress = observed.progress
+        message = "optimizing"
+        if progress:
+            message = f"{progress.stage}: {progress.message or ''} ({progress.percent:.0f}%)"
+            status.fields["progress"] = {
+                "stage": progress.stage,
+                "percent": int(progress.percent),
+                "message": progress.message or None,
+            }
+        status.working("Optimizing", "JobRunning", message)
+        return decision
+    status.working("Pending", view.reason, view.message)
+    return decision
+
+
+def _rollout(deployment: Obj | None, plan_hash: str, replicas: int) -> tuple[bool, str]:
+    """(done, message) for the Triton Deployment serving `plan_hash`."""
+    if deployment is None:
+        return False, "creating the Triton Deployment"
+    labels = deployment["metadata"].get("labels") or {}
+    if labels.get(HASH_LABEL) != short_hash(plan_hash):
+        return False, "rolling out the new model"
+    meta_generation = deployment["metadata"].get("generation", 0)
+    state = deployment.get("status") or {}
+    if state.get("observedGeneration", 0) < meta_generation:
+        return False, "rolling out the new model"
+    for condition in state.get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("reason") == (
+            "ProgressDeadlineExceeded"
+        ):
+            return False, f"Triton did not become ready: {condition.get('message', '')}"
+    updated = state.get("updatedReplicas", 0)
+    available = state.get("availableReplicas", 0)
+    total = state.get("replicas", 0)
+    if updated >= replicas and available >= replicas and total == updated:
+        return True, f"{available}/{replicas} Triton replicas ready"
+    return False, f"{available}/{replicas} Triton replicas ready, {updated} updated"
+
+
+def _serve(
+    status: _Status,
+    prepared: Prepared,
+    observed: Observed,
+    config: OperatorConfig,
+    published: Published,
+) -> Decision:
+    """Artifacts are published: roll out Triton, smoke-test it, report Ready."""
+    body, resource = prepared.body, prepared.resource
+    plan_hash = prepared.plan_hash
+    serving = resource.spec.serving
+    decision = Decision(status={})
+    decision.secrets.append(_owned(build_admin_secret(resource), body))
+    decision.apply.append(_owned(build_service(resource), body))
+    decision.apply.append(
+        _owned(
+            build_deployment(
+                resource,
+                plan_hash=plan_hash,
+                store_uri=prepared.plan.output.store,
+                checkpoint=published.checkpoint,
+                config=config,
+            ),
+            body,
+        )
+    )
+    pdb = build_pdb(resource)
+    if pdb:
+        decision.apply.append(_owned(pdb, body))
+    else:
+        decision.delete.append(("PodDisruptionBudget", service_name(resource.metadata.name)))
+    endpoint = endpoint_of(resource)
+    if serving.replicas == 0:
+        status.condition(DEPLOYED, "True", "ScaledToZero", "serving is scaled to 0 replicas")
+        status.ready("ScaledToZero", "published; serving is scaled to 0 replicas")
+        return decision
+    done, message = _rollout(observed.deployment, plan_hash, serving.replicas)
+    if not done:
+        status.condition(DEPLOYED, "False", "RollingOut", message)
+        if message.startswith("Triton did not become ready"):
+            status.stalled("Deploying", "TritonNotReady", message)
+        else:
+            status.working("Deploying", "RollingOut", message)
+        decision.requeue_after = config.poll_seconds
+        return decision
+    status.condition(DEPLOYED, "True", "RolledOut", message)
+    status.fields["endpoint"] = endpoint
+    smoke = serving.smoke_test
+    if smoke is not None and not smoke.enabled:
+        status.fields["servingPlanHash"] = plan_hash
+        status.ready("Deployed", f"serving at {endpoint} (smoke test disabled)")
+        return decision
+    if status.previous.get("servingPlanHash") == plan_hash and observed.smoke is None:
+        status.fields["servingPlanHash"] = plan_hash
+        status.ready("SmokeTestPassed", f"serving at {endpoint}")
+        return decision
+    if observed.smoke is None or observed.smoke.plan_hash != plan_hash:
+        prompt = smoke.prompt if smoke else "The capital of France is"
+        max_tokens = smoke.max_tokens if smoke else 16
+        decision.smoke = SmokeRequest(
+            endpoint=config.smoke_endpoint or endpoint,
+            model_name=serving.model_name,
+            prompt=prompt,
+            max_tokens=max_tokens,
+            plan_hash=plan_hash,
+        )
+        status.working("Deploying", "SmokeTesting", "sending a generation request to Triton")
+        return decision
+    if not observed.smoke.ok:
+        status.condition(SMOKE_TESTED, "False", "SmokeTestFailed", observed.smoke.message)
+        status.working(
+            "Deploying",
+            "SmokeTestFailed",
+            f"Triton is up but the smoke test failed: {observed.smoke.message}",
+        )
+        decision.requeue_after = max(config.poll_seconds, 30.0)
+        return decision
+    status.condition(SMOKE_TESTED, "True", "SmokeTestPassed", observed.smoke.message)
+    status.fields["servingPlanHash"] = plan_hash
+    metrics = dict(status.fields.get("metrics") or {})
+    if observed.smoke.latency_ms is not None:
+        metrics["latencyMs"] = round(observed.smoke.latency_ms, 1)
+        status.fields["metrics"] = metrics
+    status.ready("SmokeTestPassed", f"serving at {endpoint}")
+    return decision
+
+
+def decide(prepared: Prepared, observed: Observed, config: OperatorConfig, now: str) -> Decision:
+    """The whole reconcile decision for a resource that compiled."""
+    body, plan = prepared.body, prepared.plan
+    plan_hash = prepared.plan_hash
+    status = _Status(body, now)
+    status.fields.update(
+        planHash=plan_hash,
+        techniques=plan.summary(),
+        jobName=observed.job["metadata"]["name"] if observed.job else None,
+    )
+    if status.fields["jobName"] is None and observed.published is None:
+        status.fields["jobName"] = job_name(prepared.resource.metadata.name, plan_hash)
+    published = observed.published
+    view = view_job(observed.job, observed.job_pods) if observed.job else None
+    if published is None and view is not None and view.state == "Succeeded":
+        published = _published_from_job(view, plan_hash)
+    if published is None:
+        published = _published_from_status(status.previous, plan_hash)
+    if published is None:
+        decision = _job_in_progress(status, prepared, observed, config)
+    else:
+        _record_published(status, published)
+        reason = "CacheHit" if observed.job is None else "JobSucceeded"
+        status.condition(OPTIMIZED, "True", reason, _optimized_message(published, plan_hash))
+        status.fields["progress"] = {"stage": "done", "percent": 100}
+        if prepared.resource.spec.serving.enabled:
+            decision = _serve(status, prepared, observed, config, published)
+        else:
+            status.ready("Published", f"artifacts published under {plan.output.store}/{plan_hash}")
+            decision = Decision(status={})
+    decision.delete += [("Job", name) for name in observed.stale_jobs]
+    decision.delete += [("ConfigMap", name) for name in observed.stale_configmaps]
+    decision.status = status.build()
+    decision.events = status.events()
+    return decision
+
+
+def _optimized_message(published: Published, plan_hash: str) -> str:
+    metrics = published.metrics
+    if metrics and metrics.degradation_percent is not None and metrics.perplexity is not None:
+        return (
+            f"plan {short_hash(plan_hash)} published: perplexity {metrics.baseline_perplexity:.2f}"
+            f" → {metrics.perplexity:.2f} ({metrics.degradation_percent:+.1f}%)"
+        )
+    return f"plan {short_hash(plan_hash)} published"

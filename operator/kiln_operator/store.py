@@ -1,0 +1,63 @@
+"""What the operator can see of the artifact store directly.
+
+When the platform team mounts the artifacts volume into the operator (config `store_mounts`), a
+plan that is already published is served at once, with no Job. Otherwise the Job finds the
+manifest itself and exits within seconds, which is slower but equally correct.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kiln_jobs.manifest import MANIFEST_FILE, Manifest
+from kiln_operator.reconcile import Published
+
+__all__ = ["find_published", "local_plan_dir", "remove_published"]
+
+
+def local_plan_dir(store_uri: str, plan_hash: str, mounts: dict[str, str]) -> Path | None:
+    """Where `<store>/<plan_hash>` is on this machine, if a mount covers the store."""
+    store = store_uri.rstrip("/")
+    for prefix, path in sorted(mounts.items(), key=lambda item: -len(item[0])):
+        prefix = prefix.rstrip("/")
+        if store == prefix or store.startswith(prefix + "/"):
+            return Path(path) / store[len(prefix) :].lstrip("/") / plan_hash
+    if store.startswith("file://"):
+        return Path(store[len("file://") :]) / plan_hash
+    return None
+
+
+def find_published(store_uri: str, plan_hash: str, mounts: dict[str, str]) -> Published | None:
+    """The published plan, when its manifest is visible and names this plan."""
+    directory = local_plan_dir(store_uri, plan_hash, mounts)
+    if directory is None:
+        return None
+    path = directory / MANIFEST_FILE
+    try:
+        raw = path.read_bytes()
+        manifest = Manifest.model_validate_json(raw)
+    except (OSError, ValidationError):
+        return None
+    if manifest.plan_hash != plan_hash:
+        return None
+    return Published(
+        plan_hash,
+        metrics=manifest.metrics,
+        checkpoint=manifest.checkpoint,
+        stages=tuple(manifest.stages),
+        attempts=tuple(manifest.attempts),
+        manifest_digest=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def remove_published(store_uri: str, plan_hash: str, mounts: dict[str, str]) -> bool:
+    """Delete one plan's artifacts if visible; False when the store is not mounted here."""
+    directory = local_plan_dir(store_uri, plan_hash, mounts)
+    if directory is None:
+        return False
+    shutil.rmtree(directory, ignore_errors=True)
+    return True

@@ -1,0 +1,92 @@
+"""The validating admission webhook: the checks the CRD schema and CEL cannot express.
+
+Cross-field rules, local paths that mean nothing in a cluster, and formats the requested GPU
+cannot run are refused at `kubectl apply` with the same one-line messages `kiln validate` prints.
+With the webhook disabled, the same checks end in a `Stalled` condition instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from kiln_operator.api import GROUP, PLURAL, VERSION
+from kiln_operator.config import OperatorConfig
+from kiln_operator.hardware import (
+    FAMILY_LABEL,
+    PRODUCT_LABEL,
+    family_of_product,
+    format_support_problem,
+)
+from kiln_operator.kube import KubeApi
+from kiln_operator.reconcile import Prepared, prepare
+
+__all__ = ["admission_problems", "configure_webhook", "register_webhook"]
+
+log = logging.getLogger("kiln.webhook")
+WEBHOOK_ID = "validate.modeloptimizations.kiln.dev"
+
+
+def _node_family(api: KubeApi, product: str) -> str | None:
+    """The GPU family GPU feature discovery reports for nodes of `product`, if any."""
+    try:
+        nodes = api.core.list_node(label_selector=f"{PRODUCT_LABEL}={product}")
+    except ApiException as error:
+        log.warning("cannot list nodes to check the GPU family: %s", error.reason)
+        return None
+    for node in nodes.items:
+        family = ((node.metadata and node.metadata.labels) or {}).get(FAMILY_LABEL)
+        if family:
+            return family.lower()
+    return None
+
+
+def admission_problems(
+    body: dict[str, Any], config: OperatorConfig, api: KubeApi | None
+) -> list[str]:
+    """Everything wrong with a resource, as `path: message` lines."""
+    prepared = prepare(body, config)
+    if not isinstance(prepared, Prepared):
+        return [str(p) for p in prepared]
+    spec = prepared.resource.spec
+    product = spec.resources.gpu_product
+    fmt = spec.quant_format()
+    if product and fmt and api is not None and family_of_product(product) is None:
+        family = _node_family(api, product)
+        kv_cache = next((t.ptq.kv_cache for t in spec.techniques if t.ptq), "none")
+        problem = format_support_problem(fmt, family, kv_cache=kv_cache, where=product)
+        if problem:
+            return [f"spec.resources.gpuProduct: {problem}"]
+    return []
+
+
+def configure_webhook(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """Serve admission over TLS; kopf keeps the webhook configuration's caBundle in step."""
+    cert_dir = Path(config.webhook_cert_dir) if config.webhook_cert_dir else None
+    host = None
+    if config.webhook_url:
+        host = config.webhook_url.split("://", 1)[-1].split(":", 1)[0].split("/", 1)[0]
+    settings.admission.server = kopf.WebhookServer(
+        addr="0.0.0.0" if not config.webhook_url else host,
+        port=config.webhook_port,
+        host=host,
+        certfile=str(cert_dir / "tls.crt") if cert_dir else None,
+        pkeyfile=str(cert_dir / "tls.key") if cert_dir else None,
+    )
+    settings.admission.managed = WEBHOOK_ID
+
+
+def register_webhook(registry: kopf.OperatorRegistry, config: OperatorConfig, api: KubeApi) -> None:
+    """Register the validating handler."""
+
+    @kopf.on.validate(
+        GROUP, VERSION, PLURAL, id="spec", registry=registry, operations=["CREATE", "UPDATE"]
+    )
+    def validate(body: kopf.Body, **_: Any) -> None:
+        problems = admission_problems(dict(body), config, api)
+        if problems:
+            raise kopf.AdmissionError("; ".join(problems), code=422)

@@ -1,0 +1,258 @@
+"""The Job, Deployment and Service Kiln builds, checked field by field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kiln_jobs.errors import ExitCode
+from kiln_jobs.plan import Plan
+from kiln_operator.builders.job import build_job, build_plan_configmap
+from kiln_operator.builders.serving import build_deployment, build_pdb, build_service
+from kiln_operator.config import OperatorConfig
+from kiln_operator.reconcile import Prepared, prepare
+from tests.unit.operator.conftest import make_body
+
+pytestmark = pytest.mark.unit
+Obj = dict[str, Any]
+_ALLOWED_VOLUMES = {
+    "configMap",
+    "emptyDir",
+    "persistentVolumeClaim",
+    "secret",
+    "projected",
+    "downwardAPI",
+    "csi",
+    "ephemeral",
+}
+
+
+def _prepared(config: OperatorConfig, **spec: Any) -> Prepared:
+    prepared = prepare(make_body(**spec), config)
+    assert isinstance(prepared, Prepared), prepared
+    return prepared
+
+
+def _job(config: OperatorConfig, **spec: Any) -> Obj:
+    prepared = _prepared(config, **spec)
+    return build_job(prepared.resource, prepared.plan, config)
+
+
+def assert_restricted(pod_spec: Obj) -> None:
+    """The restricted Pod Security Standard, as the PodSecurity admission plugin checks it."""
+    pod_ctx = pod_spec["securityContext"]
+    assert pod_ctx["runAsNonRoot"] is True and pod_ctx["runAsUser"] != 0
+    assert pod_ctx["seccompProfile"]["type"] == "RuntimeDefault"
+    assert not pod_spec.get("hostNetwork") and not pod_spec.get("hostPID")
+    for volume in pod_spec["volumes"]:
+        assert set(volume) - {"name"} <= _ALLOWED_VOLUMES, volume
+    for container in [*pod_spec.get("initContainers", []), *pod_spec["containers"]]:
+        ctx = container["securityContext"]
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"]["drop"] == ["ALL"]
+        assert not ctx.get("privileged")
+
+
+def test_job_meets_restricted_pss(config: OperatorConfig) -> None:
+    job = _job(config)
+    pod = job["spec"]["template"]["spec"]
+    assert_restricted(pod)
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["restartPolicy"] == "Never"
+
+
+def test_job_args_are_fixed_and_plan_comes_from_a_configmap(config: OperatorConfig) -> None:
+    prepared = _prepared(config)
+    job = build_job(prepared.resource, prepared.plan, config)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "kiln_jobs"]
+    assert container["args"][:3] == ["run", "--plan", "/etc/kiln/plan/plan.json"]
+    configmap = build_plan_configmap(prepared.resource, prepared.plan)
+    assert Plan.from_json(configmap["data"]["plan.json"]) == prepared.plan
+    assert configmap["immutable"] is True
+    volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "plan")
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+
+
+def test_user_text_never_reaches_the_command_line(config: OperatorConfig) -> None:
+    prompt = "'; rm -rf / #"
+    job = _job(
+        config,
+        serving={"smokeTest": {"prompt": prompt}},
+        techniques=[{"ptq": {"format": "fp8", "excludeModules": ["$(whoami)"]}}],
+    )
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert not any("$(" in a or prompt in a for a in container["args"])
+
+
+def test_pod_failure_policy(config: OperatorConfig) -> None:
+    policy = _job(config)["spec"]["podFailurePolicy"]["rules"]
+    assert policy[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert policy[1]["action"] == "FailJob"
+    assert policy[1]["onExitCodes"]["values"] == sorted(int(c) for c in ExitCode.permanent())
+    assert ExitCode.BUG not in policy[1]["onExitCodes"]["values"]
+
+
+def test_gpu_request_node_selector_and_toleration(config: OperatorConfig) -> None:
+    job = _job(
+        config,
+        resources={"gpus": 2, "gpuProduct": "NVIDIA-H100-80GB-HBM3", "memory": "64Gi"},
+        scheduling={"nodeSelector": {"pool": "a"}, "priorityClassName": "batch-low"},
+    )
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["limits"]["memory"] == "64Gi"
+    assert pod["nodeSelector"] == {"pool": "a", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert pod["priorityClassName"] == "batch-low"
+
+
+def test_timeout_and_retries(config: OperatorConfig) -> None:
+    spec = _job(config, scheduling={"timeout": "1h30m", "retries": 4})["spec"]
+    assert spec["activeDeadlineSeconds"] == 5400 and spec["backoffLimit"] == 4
+
+
+def test_kueue_queue_creates_the_job_suspended(config: OperatorConfig) -> None:
+    job = _job(config, scheduling={"queueName": "gpu-queue"})
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert "suspend" not in _job(config)["spec"]
+
+
+def test_secrets_are_referenced_never_copied(config: OperatorConfig) -> None:
+    job = _job(
+        config,
+        model={"source": "hf://org/model", "credentialsSecret": "hf-token"},
+        artifacts={"store": "s3://bucket/kiln", "credentialsSecret": "s3-creds"},
+    )
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert {"secretRef": {"name": "hf-token"}} in container["envFrom"]
+    assert {"prefix": "KILN_STORE_", "secretRef": {"name": "s3-creds"}} in container["envFrom"]
+    assert all("value" not in e or "token" not in e["value"].lower() for e in container["env"])
+
+
+def test_pvc_store_is_the_persistent_workdir(config: OperatorConfig) -> None:
+    prepared = _prepared(config, model={"source": "pvc://models/llama"})
+    job = build_job(prepared.resource, prepared.plan, config)
+    pod = job["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert (
+        args[args.index("--workdir") + 1] == f"/mnt/pvc/artifacts/kiln/.work/{prepared.plan_hash}"
+    )
+    mounts = {
+        m["mountPath"]: m.get("readOnly", False) for m in pod["containers"][0]["volumeMounts"]
+    }
+    assert mounts["/mnt/pvc/artifacts"] is False and mounts["/mnt/pvc/models"] is True
+
+
+def test_pod_labels_and_annotations_reach_the_pods(config: OperatorConfig) -> None:
+    job = _job(
+        config,
+        scheduling={"podLabels": {"cost-center": "ml"}, "podAnnotations": {"example.com/a": "b"}},
+    )
+    template = job["spec"]["template"]["metadata"]
+    assert template["labels"]["cost-center"] == "ml"
+    assert template["labels"]["kiln.dev/model-optimization"] == "smollm2"
+    assert template["annotations"] == {"example.com/a": "b"}
+
+
+def _deployment(config: OperatorConfig, **spec: Any) -> Obj:
+    prepared = _prepared(config, **spec)
+    return build_deployment(
+        prepared.resource,
+        plan_hash=prepared.plan_hash,
+        store_uri=prepared.plan.output.store,
+        checkpoint=None,
+        config=config,
+    )
+
+
+def test_deployment_runs_triton_safely(config: OperatorConfig) -> None:
+    deployment = _deployment(config)
+    pod = deployment["spec"]["template"]["spec"]
+    assert_restricted(pod)
+    args = pod["containers"][0]["args"]
+    for flag in (
+        "--model-control-mode=none",
+        "--strict-readiness=true",
+        "--exit-on-error=true",
+        "--disable-auto-complete-config",
+    ):
+        assert flag in args
+    assert any(a.startswith("--http-restricted-api=") for a in args)
+    exit_timeout = int(next(a for a in args if a.startswith("--exit-timeout-secs=")).split("=")[1])
+    assert pod["terminationGracePeriodSeconds"] > exit_timeout
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert (
+        container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"]
+        >= 1800
+    )
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_deployment_mounts_the_plan_read_only(config: OperatorConfig) -> None:
+    prepared = _prepared(config)
+    deployment = build_deployment(
+        prepared.resource,
+        plan_hash=prepared.plan_hash,
+        store_uri="pvc://artifacts/kiln",
+        checkpoint=None,
+        config=config,
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "model")
+    assert mount == {
+        "name": "model",
+        "mountPath": "/kiln/model",
+        "readOnly": True,
+        "subPath": f"kiln/{prepared.plan_hash}",
+    }
+
+
+def test_s3_store_is_fetched_by_an_init_container(config: OperatorConfig) -> None:
+    prepared = _prepared(config, artifacts={"store": "s3://bucket/kiln", "credentialsSecret": "s3"})
+    deployment = build_deployment(
+        prepared.resource,
+        plan_hash=prepared.plan_hash,
+        store_uri="s3://bucket/kiln",
+        checkpoint=None,
+        config=config,
+    )
+    init = deployment["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["args"][:3] == ["fetch", "--store", "s3://bucket/kiln"]
+    assert init["envFrom"] == [{"prefix": "KILN_STORE_", "secretRef": {"name": "s3"}}]
+
+
+def test_gpus_follow_tensor_parallelism(config: OperatorConfig) -> None:
+    deployment = _deployment(
+        config, engine={"tensorParallel": 2, "pipelineParallel": 2}, resources={"gpus": 4}
+    )
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "4"
+    cpu_only = _deployment(config, engine={"backend": "none"})
+    assert "nvidia.com/gpu" not in json.dumps(cpu_only["spec"]["template"]["spec"]["containers"])
+
+
+def test_a_new_plan_changes_the_pod_template(config: OperatorConfig) -> None:
+    a = _deployment(config)
+    b = _deployment(config, techniques=[{"ptq": {"format": "int8_sq"}}])
+    assert a["metadata"]["name"] == b["metadata"]["name"]
+    assert a["spec"]["template"] != b["spec"]["template"]
+    assert a["spec"]["selector"] == b["spec"]["selector"]
+
+
+def test_service_and_pdb(config: OperatorConfig) -> None:
+    prepared = _prepared(config, serving={"replicas": 2, "service": {"type": "LoadBalancer"}})
+    service = build_service(prepared.resource)
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert [p["port"] for p in service["spec"]["ports"]] == [8000, 8001, 8002]
+    assert build_pdb(prepared.resource)["spec"]["maxUnavailable"] == 1  # type: ignore[index]
+    single = _prepared(config)
+    assert build_pdb(single.resource) is None
