@@ -65,7 +65,8 @@ def admission_problems(
 
 
 def configure_webhook(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
-    """Serve admission over TLS; kopf keeps the webhook configuration's caBundle in step."""
+    """Serve admission over TLS. In a cluster the Helm chart owns the webhook configuration
+    (Service `…-webhook`, path /validate); with `webhook_url`, kopf manages it."""
     cert_dir = Path(config.webhook_cert_dir) if config.webhook_cert_dir else None
     host = None
     if config.webhook_url:
@@ -77,7 +78,10 @@ def configure_webhook(settings: kopf.OperatorSettings, config: OperatorConfig) -
         certfile=str(cert_dir / "tls.crt") if cert_dir else None,
         pkeyfile=str(cert_dir / "tls.key") if cert_dir else None,
     )
-    settings.admission.managed = WEBHOOK_ID
+    if config.webhook_url:
+        # No Service in front of the operator (tests, or an API server without kube-proxy):
+        # kopf writes the ValidatingWebhookConfiguration itself, pointing at webhook_url.
+        settings.admission.managed = WEBHOOK_ID
 
 
 def register_webhook(registry: kopf.OperatorRegistry, config: OperatorConfig, api: KubeApi) -> None:
