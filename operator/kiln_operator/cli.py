@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise SystemExit(
             f"kiln run needs the job dependencies ({error.name} is missing): "
-            "pip install 'kiln[jobs]'"
+            "pip install 'kiln[jobs,local]'"
         ) from None
     try:
         run_local(plan, workdir, serve=not args.no_serve, keep_serving=args.keep_serving)
