@@ -34,8 +34,9 @@ class OperatorConfig(BaseModel):
     """Artifact store for resources that name none (pvc://claim/prefix or s3://bucket/prefix)."""
     store_mounts: dict[str, str] = Field(default_factory=dict)
     """Store URI prefixes the operator can read directly, mapped to local paths (e.g. the
-    artifacts PVC mounted into the operator pod): {"pvc://kiln-artifacts": "/mnt/artifacts"}.
-    With it, a published plan is served without running a Job at all."""
+    artifacts volume mounted into the operator pod): {"s3://bucket/kiln": "/mnt/kiln"}. A path
+    may contain {namespace}, since a pvc:// store is a different claim in each namespace. With
+    it, a published plan is served without running a Job at all."""
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty watches all."""
     job_service_account: str | None = None

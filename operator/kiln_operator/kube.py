@@ -98,7 +98,9 @@ class KubeApi:
         name = prepared.resource.metadata.name
         plan_hash = prepared.plan_hash
         observed = Observed()
-        observed.published = find_published(prepared.plan.output.store, plan_hash, cfg.store_mounts)
+        observed.published = find_published(
+            prepared.plan.output.store, plan_hash, cfg.store_mounts, namespace
+        )
         observed.job = self._get("Job", namespace, job_name(name, plan_hash))
         if observed.job is not None:
             observed.job_pods = self._job_pods(namespace, observed.job)

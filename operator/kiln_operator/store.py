@@ -19,21 +19,31 @@ from kiln_operator.reconcile import Published
 __all__ = ["find_published", "local_plan_dir", "remove_published"]
 
 
-def local_plan_dir(store_uri: str, plan_hash: str, mounts: dict[str, str]) -> Path | None:
-    """Where `<store>/<plan_hash>` is on this machine, if a mount covers the store."""
+def local_plan_dir(
+    store_uri: str, plan_hash: str, mounts: dict[str, str], namespace: str = ""
+) -> Path | None:
+    """Where `<store>/<plan_hash>` is on this machine, if a mount covers the store.
+
+    A PVC is per namespace, so a mount path may contain `{namespace}`: with
+    `{"pvc://artifacts": "/mnt/shares/{namespace}/artifacts"}` each namespace's claim of that
+    name is found under its own directory.
+    """
     store = store_uri.rstrip("/")
     for prefix, path in sorted(mounts.items(), key=lambda item: -len(item[0])):
         prefix = prefix.rstrip("/")
         if store == prefix or store.startswith(prefix + "/"):
-            return Path(path) / store[len(prefix) :].lstrip("/") / plan_hash
+            root = Path(path.replace("{namespace}", namespace))
+            return root / store[len(prefix) :].lstrip("/") / plan_hash
     if store.startswith("file://"):
         return Path(store[len("file://") :]) / plan_hash
     return None
 
 
-def find_published(store_uri: str, plan_hash: str, mounts: dict[str, str]) -> Published | None:
+def find_published(
+    store_uri: str, plan_hash: str, mounts: dict[str, str], namespace: str = ""
+) -> Published | None:
     """The published plan, when its manifest is visible and names this plan."""
-    directory = local_plan_dir(store_uri, plan_hash, mounts)
+    directory = local_plan_dir(store_uri, plan_hash, mounts, namespace)
     if directory is None:
         return None
     path = directory / MANIFEST_FILE
@@ -54,9 +64,11 @@ def find_published(store_uri: str, plan_hash: str, mounts: dict[str, str]) -> Pu
     )
 
 
-def remove_published(store_uri: str, plan_hash: str, mounts: dict[str, str]) -> bool:
+def remove_published(
+    store_uri: str, plan_hash: str, mounts: dict[str, str], namespace: str = ""
+) -> bool:
     """Delete one plan's artifacts if visible; False when the store is not mounted here."""
-    directory = local_plan_dir(store_uri, plan_hash, mounts)
+    directory = local_plan_dir(store_uri, plan_hash, mounts, namespace)
     if directory is None:
         return False
     shutil.rmtree(directory, ignore_errors=True)

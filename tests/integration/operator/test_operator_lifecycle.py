@@ -1,0 +1,311 @@
+"""The operator against a real API server, real Job/Deployment controllers, real scheduler and
+garbage collector, with kwok deciding how pods end. No status is patched by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln_jobs.manifest import CheckpointInfo, Manifest, Metrics
+from kiln_operator.api import ModelOptimization
+from kiln_operator.compiler import CompileOptions, compile_plan
+from kiln_operator.naming import deployment_name, job_name
+from tests.cluster.kube import Cluster
+from tests.integration.operator.harness import (
+    JOB_IMAGE,
+    OperatorProcess,
+    condition,
+    mopt,
+    status_of,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+Obj = dict[str, Any]
+FATE = "test.kiln.dev/fate"
+
+
+def _items(kube: Cluster, kind: str, ns: str, selector: str = "") -> list[Obj]:
+    args = ["get", kind, "-n", ns, "-o", "json"] + (["-l", selector] if selector else [])
+    return list(json.loads(kube.kubectl(*args).stdout)["items"])
+
+
+def _wait_phase(
+    kube: Cluster, ns: str, name: str, phase: str, operator: OperatorProcess, timeout: float = 90
+) -> Obj:
+    def check() -> Obj | None:
+        obj = status_of(kube, ns, name)
+        return obj if (obj.get("status") or {}).get("phase") == phase else None
+
+    return wait_until(
+        f"{name} phase {phase}",
+        check,
+        timeout,
+        describe=lambda: (
+            json.dumps(status_of(kube, ns, name).get("status"), indent=1)
+            + "\n"
+            + operator.log()[-4000:]
+        ),
+    )
+
+
+def _plan_hash(body: Obj, ns: str) -> str:
+    resource = ModelOptimization.model_validate(
+        {**body, "metadata": {**body["metadata"], "namespace": ns}}
+    )
+    plan = compile_plan(
+        resource.spec,
+        name=resource.metadata.name,
+        namespace=ns,
+        options=CompileOptions(runtime=JOB_IMAGE),
+    )
+    return plan.hash()
+
+
+def test_create_to_ready_through_real_controllers(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    kube.apply(mopt("tiny"), namespace=ns)
+    obj = _wait_phase(kube, ns, "tiny", "Ready", operator)
+    status = obj["status"]
+    assert status["observedGeneration"] == obj["metadata"]["generation"]
+    assert condition(obj, "Ready")["status"] == "True"
+    assert condition(obj, "Reconciling")["status"] == "False"
+    assert condition(obj, "Stalled")["status"] == "False"
+    assert condition(obj, "Optimized")["reason"] == "JobSucceeded"
+    assert condition(obj, "Deployed")["status"] == "True"
+    jobs = _items(kube, "jobs", ns)
+    assert [j["metadata"]["name"] for j in jobs] == [job_name("tiny", status["planHash"])]
+    assert any(
+        c["type"] == "Complete" and c["status"] == "True" for c in jobs[0]["status"]["conditions"]
+    )
+    assert jobs[0]["metadata"]["ownerReferences"][0]["name"] == "tiny"
+    deployment = kube.get("deployment", deployment_name("tiny"), ns)
+    assert deployment["status"]["availableReplicas"] == 1
+    events = [
+        e["reason"]
+        for e in _items(kube, "events", ns)
+        if e["involvedObject"].get("kind") == "ModelOptimization"
+    ]
+    assert "JobSucceeded" in events or "Deployed" in events or "Ready" in events, events
+    table = kube.kubectl("get", "mopt", "-n", ns).stdout
+    assert "Ready" in table.splitlines()[1] and "ptq(fp8)" in table
+
+
+def test_published_plan_is_served_without_a_job(
+    kube: Cluster, operator: OperatorProcess, ns: str, store: Path
+) -> None:
+    body = mopt("cached")
+    plan_hash = _plan_hash(body, ns)
+    resource = ModelOptimization.model_validate(body)
+    plan = compile_plan(resource.spec, name="cached", options=CompileOptions(runtime=JOB_IMAGE))
+    manifest = Manifest(
+        plan_hash=plan_hash,
+        plan=plan,
+        created_at="2026-11-25T00:00:00Z",
+        stages=[],
+        metrics=Metrics(baseline_perplexity=23.76, perplexity=24.2, degradation_percent=1.85),
+        checkpoint=CheckpointInfo(quant_algo="FP8"),
+        files=[],
+    )
+    target = store / "kiln" / plan_hash
+    target.mkdir(parents=True)
+    (target / "manifest.json").write_text(manifest.model_dump_json())
+    kube.apply(body, namespace=ns)
+    obj = _wait_phase(kube, ns, "cached", "Ready", operator)
+    assert condition(obj, "Optimized")["reason"] == "CacheHit"
+    assert obj["status"]["metrics"]["degradationPercent"] == 1.85
+    assert _items(kube, "jobs", ns) == []
+    deployment = kube.get("deployment", deployment_name("cached"), ns)
+    assert deployment["metadata"]["labels"]["kiln.dev/quant-algo"] == "FP8"
+
+
+def test_spec_changes(kube: Cluster, operator: OperatorProcess, ns: str) -> None:
+    kube.apply(mopt("evolving"), namespace=ns)
+    first = _wait_phase(kube, ns, "evolving", "Ready", operator)["status"]["planHash"]
+
+    # Serving-only change: same plan, no new Job, Triton scaled.
+    kube.apply(
+        mopt("evolving", serving={"replicas": 2, "smokeTest": {"enabled": False}}), namespace=ns
+    )
+    wait_until(
+        "2 replicas",
+        lambda: kube.get("deployment", deployment_name("evolving"), ns)["spec"]["replicas"] == 2,
+    )
+    obj = _wait_phase(kube, ns, "evolving", "Ready", operator)
+    assert obj["status"]["planHash"] == first
+    assert len(_items(kube, "jobs", ns)) == 1
+    assert _items(kube, "poddisruptionbudgets", ns)
+
+    # Recipe change: a new plan, a new Job; the old Job is removed.
+    kube.apply(mopt("evolving", techniques=[{"ptq": {"format": "int8_sq"}}]), namespace=ns)
+    wait_until(
+        "the new plan's Job",
+        lambda: (
+            [j["metadata"]["name"] for j in _items(kube, "jobs", ns)]
+            == [job_name("evolving", status_of(kube, ns, "evolving")["status"]["planHash"])]
+            and status_of(kube, ns, "evolving")["status"]["planHash"] != first
+        ),
+    )
+    obj = _wait_phase(kube, ns, "evolving", "Ready", operator)
+    assert obj["status"]["techniques"] == "ptq(int8_sq)"
+    assert not _items(kube, "poddisruptionbudgets", ns)
+
+
+def test_runner_user_error_fails_at_once_with_its_reason(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    result = json.dumps(
+        {
+            "ok": False,
+            "plan_hash": "x",
+            "reason": "AccuracyGateFailed",
+            "message": "perplexity rose 57.4%, more than the 5% allowed",
+        }
+    )
+    body = mopt(
+        "gated",
+        scheduling={
+            "retries": 3,
+            "podLabels": {FATE: "fail"},
+            "podAnnotations": {"test.kiln.dev/exit-code": "5", "test.kiln.dev/message": result},
+        },
+    )
+    kube.apply(body, namespace=ns)
+    obj = _wait_phase(kube, ns, "gated", "Failed", operator)
+    stalled = condition(obj, "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "AccuracyGateFailed"
+    assert "57.4%" in stalled["message"]
+    job = _items(kube, "jobs", ns)[0]
+    failed = [c for c in job["status"]["conditions"] if c["type"] == "Failed"]
+    assert failed and failed[0]["reason"] == "PodFailurePolicy"
+    assert len(_items(kube, "pods", ns)) == 1, "a user error must not be retried"
+
+
+def test_crash_is_retried_then_reported(kube: Cluster, operator: OperatorProcess, ns: str) -> None:
+    body = mopt("crashy", scheduling={"retries": 1, "podLabels": {FATE: "oom"}})
+    kube.apply(body, namespace=ns)
+    obj = _wait_phase(kube, ns, "crashy", "Failed", operator)
+    assert condition(obj, "Stalled")["reason"] == "OOMKilled"
+    assert "spec.resources.memory" in condition(obj, "Stalled")["message"]
+    assert len(_items(kube, "pods", ns)) == 2, "one retry (backoffLimit 1)"
+
+
+def test_preempted_pod_is_retried_without_counting(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    body = mopt("preempted", scheduling={"retries": 0, "podLabels": {FATE: "run-forever"}})
+    kube.apply(body, namespace=ns)
+    first = wait_until(
+        "a running pod",
+        lambda: [p for p in _items(kube, "pods", ns) if p["status"].get("phase") == "Running"],
+    )
+    _wait_phase(kube, ns, "preempted", "Optimizing", operator)
+    kube.set_fate(ns, first[0]["metadata"]["name"], "disrupt")
+    second = wait_until(
+        "a replacement pod",
+        lambda: [
+            p
+            for p in _items(kube, "pods", ns)
+            if p["metadata"]["name"] != first[0]["metadata"]["name"]
+            and p["status"].get("phase") == "Running"
+        ],
+    )
+    kube.set_fate(ns, second[0]["metadata"]["name"], "succeed")
+    _wait_phase(kube, ns, "preempted", "Ready", operator)
+
+
+def test_more_gpus_than_any_node_stays_queued_and_says_why(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    kube.apply(mopt("greedy", resources={"gpus": 16}), namespace=ns)
+    obj = _wait_phase(kube, ns, "greedy", "Queued", operator)
+    reconciling = condition(obj, "Reconciling")
+    assert reconciling["reason"] == "Unschedulable"
+    assert "nvidia.com/gpu" in reconciling["message"]
+
+
+def test_gpu_product_no_node_has_stays_queued(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    body = mopt("a100", resources={"gpuProduct": "NVIDIA-A100-SXM4-80GB"})
+    kube.apply(body, namespace=ns)
+    obj = _wait_phase(kube, ns, "a100", "Queued", operator)
+    assert "node" in condition(obj, "Reconciling")["message"]
+
+
+def test_deleting_the_resource_collects_its_children(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    kube.apply(mopt("doomed"), namespace=ns)
+    _wait_phase(kube, ns, "doomed", "Ready", operator)
+    kube.kubectl("delete", "mopt", "doomed", "-n", ns, "--wait=true", "--timeout=60s")
+    for kind in ("jobs", "pods", "deployments", "services", "configmaps"):
+        wait_until(
+            f"{kind} gone",
+            lambda kind=kind: (
+                not [o for o in _items(kube, kind, ns, "kiln.dev/model-optimization=doomed")]
+            ),
+        )
+
+
+def test_restricted_namespace_admits_kiln_pods(
+    kube: Cluster, operator: OperatorProcess, restricted_namespace: str
+) -> None:
+    ns = restricted_namespace
+    kube.create_bound_pvc(ns, "artifacts")
+    kube.apply(mopt("strict"), namespace=ns)
+    _wait_phase(kube, ns, "strict", "Ready", operator)
+    warnings = [e for e in _items(kube, "events", ns) if e["reason"] == "FailedCreate"]
+    assert not warnings, [e["message"] for e in warnings]
+    assert _items(kube, "pods", ns, "app.kubernetes.io/component=serving")
+
+
+def test_spec_the_schema_allows_but_kiln_refuses_is_stalled(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    body = mopt(
+        "backwards", techniques=[{"ptq": {"format": "fp8"}}, {"pruneDistill": {"targetLayers": 20}}]
+    )
+    kube.apply(body, namespace=ns)
+    obj = _wait_phase(kube, ns, "backwards", "Failed", operator)
+    stalled = condition(obj, "Stalled")
+    assert stalled["reason"] == "InvalidSpec"
+    assert "spec.techniques[1].pruneDistill" in stalled["message"]
+    assert _items(kube, "jobs", ns) == []
+
+
+def test_secret_in_another_namespace_is_refused_by_the_api_server(kube: Cluster, ns: str) -> None:
+    body = mopt("sneaky", model={"source": "hf://org/model", "credentialsSecret": "other/hf"})
+    import yaml
+
+    proc = kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(body), check=False)
+    assert proc.returncode != 0
+    assert "spec.model.credentialsSecret" in proc.stderr
+
+
+def test_kueue_queue_suspends_the_job_until_admitted(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    kube.apply(mopt("queued", scheduling={"queueName": "gpu"}), namespace=ns)
+    obj = _wait_phase(kube, ns, "queued", "Queued", operator)
+    assert condition(obj, "Reconciling")["reason"] == "Queued"
+    job = _items(kube, "jobs", ns)[0]
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert _items(kube, "pods", ns) == []
+    # Admit it the way Kueue does.
+    kube.kubectl(
+        "patch",
+        "job",
+        job["metadata"]["name"],
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        '{"spec":{"suspend":false}}',
+    )
+    _wait_phase(kube, ns, "queued", "Ready", operator)
