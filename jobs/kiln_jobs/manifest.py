@@ -130,16 +130,22 @@ class JobResult(_Model):
     metrics: Metrics | None = None
     checkpoint: CheckpointInfo | None = None
     stages: list[StageResult] = Field(default_factory=list)
+    # Every stack tried against the accuracy gate; kept when the gate failed (nothing published).
+    attempts: list[Attempt] = Field(default_factory=list)
 
     def to_termination_message(self) -> str:
-        """Compact JSON under Kubernetes' limit; stage details are dropped first if needed."""
+        """Compact JSON under Kubernetes' limit; stage details, then attempts, are dropped first
+        if needed."""
         text = self.model_dump_json(exclude_none=True)
         if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
             return text
-        slim = self.model_copy(update={"stages": []})
-        text = slim.model_dump_json(exclude_none=True)
-        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
-            return text
+        for slim in (
+            self.model_copy(update={"stages": []}),
+            self.model_copy(update={"stages": [], "attempts": []}),
+        ):
+            text = slim.model_dump_json(exclude_none=True)
+            if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+                return text
         short = (self.message or "")[:1000]
         return JobResult(
             ok=self.ok, plan_hash=self.plan_hash, reason=self.reason, message=short
