@@ -14,18 +14,22 @@ If the binaries are not built the fixture fails (never skips) and says to run
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cluster.kube import Cluster, ClusterBinariesMissing
+from tests.cluster.kube import REPO_ROOT, Cluster, ClusterBinariesMissing
 
 __all__ = ["kube", "local_exec_node", "make_namespace", "namespace", "restricted_namespace"]
 
 _CLUSTER_KEY = pytest.StashKey[Cluster]()
+#: Debugging aid: a directory of CRDs to install instead of crds/ ("" installs none).
+CRDS_ENV = "KILN_TEST_CLUSTER_CRDS"
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -35,7 +39,9 @@ RESTRICTED = {
 @pytest.fixture(scope="session")
 def kube(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The session's cluster: started once, stopped (and checked for leftovers) at the end."""
-    cluster = Cluster()
+    crds = os.environ.get(CRDS_ENV)
+    crds_dir = REPO_ROOT / "crds" if crds is None else (Path(crds) if crds else None)
+    cluster = Cluster(crds_dir=crds_dir)
     try:
         cluster.start()
     except ClusterBinariesMissing as exc:

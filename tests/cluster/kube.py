@@ -39,6 +39,7 @@ __all__ = [
     "REPO_ROOT",
     "Cluster",
     "ClusterBinariesMissing",
+    "KubectlError",
     "cache_dir",
     "main",
 ]
@@ -68,6 +69,9 @@ CONTROLLERS = (
     "persistentvolume-binder-controller",
     "persistentvolume-protection-controller",
     "persistentvolumeclaim-protection-controller",
+    # Aggregated ClusterRoles (e.g. a chart's aggregate-to-edit rules for the CRD).
+    "clusterrole-aggregation-controller",
+    "service-cidr-controller",
 )
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -75,6 +79,13 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 class ClusterBinariesMissing(RuntimeError):
     """The Go binaries are not built."""
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl call; its message includes kubectl's stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{self.stderr}"
 
 
 def cache_dir() -> Path:
@@ -178,7 +189,7 @@ class Cluster:
         _check_binaries(bin_dir, stages_dir)
         self._kubectl = _find_kubectl()
         for stale in reap_stale_runs(self._base_tmp):
-            self._log(f"removed the leftovers of a crashed run: {stale}")
+            self._log(f"removed the leftovers of an earlier run: {stale}")
         started = time.monotonic()
         self._sup = Supervisor.create(self._base_tmp)
         self.run_dir = self._sup.run_dir
@@ -390,13 +401,13 @@ class Cluster:
         Args:
             *args: kubectl arguments.
             input: Text for its standard input (e.g. a manifest with ``-f -``).
-            check: Raise :class:`subprocess.CalledProcessError` on a non-zero exit.
+            check: Raise :class:`KubectlError` on a non-zero exit.
             timeout: Seconds before it is killed.
         """
         cmd = [self._kubectl, f"--kubeconfig={self.kubeconfig}", *args]
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, cmd, proc.stdout, proc.stderr)
+            raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
         return proc
 
     def apply(self, *objects: dict[str, Any], namespace: str | None = None) -> None:
@@ -532,16 +543,21 @@ class Cluster:
 
     def wait_for(
         self, resource: str, namespace: str | None, *, condition: str = "", jsonpath: str = "",
-        timeout: float = 60,
+        selector: str = "", timeout: float = 60,
     ) -> None:  # fmt: skip
         """``kubectl wait`` for a condition (``Complete``) or a jsonpath (``{.status.phase}=X``).
 
+        ``resource`` is ``kind/name``, or a kind with ``selector`` (a label selector).
+
         Raises:
-            subprocess.CalledProcessError: On timeout, with kubectl's message.
+            KubectlError: On timeout, with kubectl's message.
         """
         what = f"--for=condition={condition}" if condition else f"--for=jsonpath={jsonpath}"
         ns = ["-n", namespace] if namespace else []
-        self.kubectl("wait", *ns, what, resource, f"--timeout={timeout:.0f}s", timeout=timeout + 30)
+        sel = ["-l", selector] if selector else []
+        self.kubectl(
+            "wait", *ns, *sel, what, resource, f"--timeout={timeout:.0f}s", timeout=timeout + 30
+        )
 
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """Pods matching a label selector, oldest first."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,28 @@ def _make_dev(root: Path) -> None:
     _mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "shm", str(dev / "shm"))
 
 
+def _open_for_user(root: Path, argv0: str, path_env: str) -> None:
+    """Let a non-root user traverse to the interpreter (here under root's 0700 home).
+
+    The chmod happens in the overlay's upper layer only; the host is untouched. An image would
+    have its interpreter readable by any user; this stands in for that.
+    """
+    targets = []
+    found = shutil.which(argv0, path=path_env)
+    if found:
+        targets.append(Path(found).resolve())
+    for entry in path_env.split(":"):
+        python = Path(entry) / "python3"
+        if python.exists():
+            targets.append(python.resolve())
+    for target in targets:
+        for parent in target.parents:
+            inside = _inside(root, str(parent))
+            mode = inside.stat().st_mode
+            if mode & 0o005 != 0o005:
+                inside.chmod(mode | 0o005)
+
+
 def enter_and_exec(spec: dict[str, Any]) -> None:
     """Build the pod's view of the filesystem and exec its command (never returns)."""
     root = Path(spec["root"])
@@ -84,6 +107,8 @@ def enter_and_exec(spec: dict[str, Any]) -> None:
     # Shallow mount paths first, so a volume at /a/b is not hidden by one at /a.
     for m in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
         _bind(m["source"], _inside(root, m["target"]), m["read_only"])
+    if spec.get("uid"):
+        _open_for_user(root, spec["argv"][0], spec["env"].get("PATH", ""))
     os.chroot(root)
     os.chdir(spec["workdir"] or "/")
     if spec.get("gid") is not None:

@@ -118,9 +118,8 @@ def test_deployment_becomes_available_with_ready_pods_and_endpoints(
     for p in kube.pods(namespace, "app=triton"):
         assert _condition(p, "Ready")["status"] == "True"  # type: ignore[index]
     # The endpointslice controller publishes both ready pods behind the Service.
-    kube.wait_for(
-        "endpointslice", namespace, jsonpath="{.items[0].endpoints[1].conditions.ready}=true"
-    )
+    kube.wait_for("endpointslice", namespace, selector="kubernetes.io/service-name=triton",
+                  jsonpath="{.endpoints[1].conditions.ready}=true")  # fmt: skip
 
 
 def test_never_ready_deployment_misses_its_progress_deadline(kube: Cluster, namespace: str) -> None:
@@ -136,8 +135,8 @@ def test_never_ready_deployment_misses_its_progress_deadline(kube: Cluster, name
 
 def test_crashing_deployment_pod_loops(kube: Cluster, namespace: str) -> None:
     kube.apply(deployment("crashy", fate="fail"), namespace=namespace)
-    waiting = "{.items[0].status.containerStatuses[0].state.waiting.reason}"
-    kube.wait_for("pods", namespace, jsonpath=f"{waiting}=CrashLoopBackOff")
+    waiting = "{.status.containerStatuses[0].state.waiting.reason}"
+    kube.wait_for("pods", namespace, selector="app=crashy", jsonpath=f"{waiting}=CrashLoopBackOff")
 
 
 def test_deleting_the_owner_removes_its_job_and_pods(kube: Cluster, namespace: str) -> None:
