@@ -1,0 +1,61 @@
+"""Kiln's `postprocessing` model of the TensorRT-LLM engine ensemble (Triton Python backend).
+
+Decodes TOKENS_BATCH [batch, beams, tokens] up to SEQUENCE_LENGTH [batch, beams] into OUTPUT
+[batch, beams]. The engine runs with `exclude_input_in_output`, so the text is the continuation.
+Parameters: `tokenizer_dir`, `skip_special_tokens`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+# The stub's embedded interpreter ignores PYTHONPATH; honour it (see cpu_llm.py).
+sys.path[1:1] = [
+    p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
+]
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class TritonPythonModel:
+    """Triton's entry points."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Load the tokenizer named by `tokenizer_dir`."""
+        from transformers import AutoTokenizer
+
+        params = json.loads(args["model_config"]).get("parameters", {})
+        value = {k: v.get("string_value", "") for k, v in params.items()}
+        self.tokenizer = AutoTokenizer.from_pretrained(value["tokenizer_dir"])
+        self.skip_special = value.get("skip_special_tokens", "true").lower() == "true"
+
+    def _one(self, request: Any) -> Any:
+        tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
+        lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
+        tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
+        lengths = lengths.reshape(tokens.shape[0], -1)
+        texts = [
+            [
+                self.tokenizer.decode(
+                    beam[: lengths[row, k]].tolist(), skip_special_tokens=self.skip_special
+                ).encode()
+                for k, beam in enumerate(tokens[row])
+            ]
+            for row in range(tokens.shape[0])
+        ]
+        output = pb_utils.Tensor("OUTPUT", np.array(texts, dtype=np.object_))
+        return pb_utils.InferenceResponse(output_tensors=[output])
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """Detokenize each request."""
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except Exception as error:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
+        return responses

@@ -1,0 +1,98 @@
+"""Which runtime serves a Plan, the CPU repository's config, and the command that serves it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from kiln_jobs.errors import UserError
+from kiln_jobs.serving import repository
+from kiln_jobs.serving.repository import choose_runtime, triton_argv, write_repository
+from kiln_jobs.serving.triton_config import input_tensor, model_config, render_config
+from tests.unit.serving.plans import make_plan
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def publish(tmp_path: Path) -> Path:
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "config.json").write_text("{}")
+    return tmp_path
+
+
+def _engines(publish: Path) -> None:
+    (publish / "engine").mkdir()
+    (publish / "engine" / "config.json").write_text("{}")
+    (publish / "engine" / "rank0.engine").write_bytes(b"")
+
+
+def test_runtime_per_backend(publish: Path, monkeypatch) -> None:
+    monkeypatch.setattr(repository, "unavailable_reason", lambda: "no GPU here")
+    out = io.StringIO()
+    assert choose_runtime(make_plan(backend="none"), publish) == "python"
+    assert choose_runtime(make_plan(backend="pytorch"), publish) == "tensorrtllm-pytorch"
+    fallback = make_plan(backend="pytorch", allow_fallback=True)
+    assert choose_runtime(fallback, publish, out=out) == "python"
+    assert "no GPU here" in out.getvalue()
+    assert choose_runtime(make_plan(allow_fallback=True), publish) == "python"
+    with pytest.raises(UserError, match="holds none"):
+        choose_runtime(make_plan(), publish)
+    _engines(publish)
+    assert choose_runtime(make_plan(), publish) == "tensorrtllm-engine"
+
+
+def test_write_repository_replaces_the_old_one(publish: Path) -> None:
+    (publish / "triton" / "stale").mkdir(parents=True)
+    runtime = write_repository(make_plan(backend="none", max_batch_size=4), publish)
+    assert runtime == "python"
+    assert sorted(p.name for p in (publish / "triton").iterdir()) == ["model"]
+    config = text_format.Parse(
+        (publish / "triton" / "model" / "config.pbtxt").read_text(), pb.ModelConfig()
+    )
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert (config.backend, config.max_batch_size) == ("python", 4)
+    assert params["checkpoint_dir"] == "checkpoint"  # relative: local dir and mount alike
+    assert params["max_tokens"] == "64"
+    inputs = {i.name: i for i in config.input}
+    assert not inputs["text_input"].optional and inputs["max_tokens"].optional
+    assert {o.name for o in config.output} == {"text_output", "num_input_tokens",
+                                               "num_output_tokens"}  # fmt: skip
+    assert (publish / "triton" / "model" / "1" / "model.py").is_file()
+
+
+def test_write_repository_needs_a_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no exported checkpoint"):
+        write_repository(make_plan(backend="none"), tmp_path)
+
+
+def test_triton_argv_single_process() -> None:
+    argv = triton_argv("tensorrtllm-pytorch", make_plan(backend="pytorch"))
+    assert argv == [
+        "tritonserver",
+        "--model-repository=/kiln/model/triton",
+        "--disable-auto-complete-config",
+        "--http-port=8000",
+        "--grpc-port=8001",
+        "--metrics-port=8002",
+    ]
+
+
+def test_triton_argv_runs_one_rank_per_gpu_for_tp2_engines() -> None:
+    argv = triton_argv("tensorrtllm-engine", make_plan(tensor_parallel=2))
+    assert argv[:2] == ["mpirun", "--allow-run-as-root"]
+    ranks = " ".join(argv[2:]).split(" : ")
+    assert len(ranks) == 2
+    assert "shm-region-prefix-name=prefix0_" in ranks[0] and "--load-model" not in ranks[0]
+    assert "--load-model=tensorrt_llm" in ranks[1] and "prefix1_" in ranks[1]
+
+
+def test_render_config_round_trips() -> None:
+    config = model_config("m", backend="python", inputs=[input_tensor("x", "FP32", [1])])
+    text = render_config(config)
+    assert text_format.Parse(text, pb.ModelConfig()) == config
+    assert 'name: "m"' in text and 'backend: "python"' in text
