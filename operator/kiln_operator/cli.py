@@ -186,14 +186,19 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("crd", help="print the CustomResourceDefinition")
 
-    operator = commands.add_parser("operator", help="run the operator (kopf)")
-    operator.add_argument("operator_args", nargs=argparse.REMAINDER)
+    # Its own options are parsed by `kiln operator --help` (kiln_operator.main).
+    commands.add_parser("operator", help="run the operator (kopf)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kiln` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "operator":
+        args.operator_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     handlers = {
         "validate": lambda a: _validate([*a.files, *a.files_rest], a.local, sys.stdout),
         "plan": _plan,

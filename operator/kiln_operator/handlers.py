@@ -142,6 +142,12 @@ def register(
         try:
             reconciler.reconcile(namespace, owner)
         except ApiException as error:
-            logger.warning(
-                "reconcile of %s/%s after a child event failed: %s", namespace, owner, error.reason
+            # The next event or tick retries; a namespace being deleted refuses writes (403).
+            level = logging.DEBUG if error.status in (403, 404, 409) else logging.WARNING
+            logger.log(
+                level,
+                "reconcile of %s/%s after a child event failed: %s",
+                namespace,
+                owner,
+                error.reason,
             )

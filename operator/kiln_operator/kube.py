@@ -261,4 +261,6 @@ class KubeApi:
         try:
             self.core.create_namespaced_event(meta["namespace"], cast(Any, manifest))
         except ApiException as error:
-            self.log.warning("could not post event %s: %s", event.reason, error.reason)
+            # A namespace being deleted refuses new Events (403); nobody will read them there.
+            level = logging.DEBUG if error.status == 403 else logging.WARNING
+            self.log.log(level, "could not post event %s: %s", event.reason, error.reason)

@@ -101,6 +101,11 @@ def run_operator(argv: Sequence[str]) -> int:
     reconciler = Reconciler(api, config)
     registry = kopf.OperatorRegistry()
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same credentials the kubernetes client uses: in-cluster or KUBECONFIG.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, config)
@@ -123,7 +128,8 @@ def run_operator(argv: Sequence[str]) -> int:
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=args.standalone,
-            peering_name=args.peering,
+            # Naming a peering makes kopf require it; standalone runs need none.
+            peering_name=None if args.standalone else args.peering,
             priority=priority,
             liveness_endpoint=args.liveness,
         )

@@ -113,7 +113,10 @@ Quantity = Annotated[
     WithJsonSchema(
         {
             "x-kubernetes-int-or-string": True,
-            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": _QUANTITY}],
+            # A structural int-or-string: exactly these two branches, the pattern beside them
+            # (it only constrains strings).
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": _QUANTITY,
         }
     ),
 ]

@@ -37,6 +37,7 @@ def _wait_phase(
     kube: Cluster, ns: str, name: str, phase: str, operator: OperatorProcess, timeout: float = 90
 ) -> Obj:
     def check() -> Obj | None:
+        assert operator.alive(), f"the operator exited:\n{operator.log()[-4000:]}"
         obj = status_of(kube, ns, name)
         return obj if (obj.get("status") or {}).get("phase") == phase else None
 
@@ -231,9 +232,9 @@ def test_more_gpus_than_any_node_stays_queued_and_says_why(
 def test_gpu_product_no_node_has_stays_queued(
     kube: Cluster, operator: OperatorProcess, ns: str
 ) -> None:
-    body = mopt("a100", resources={"gpuProduct": "NVIDIA-A100-SXM4-80GB"})
+    body = mopt("h200", resources={"gpuProduct": "NVIDIA-H200"})
     kube.apply(body, namespace=ns)
-    obj = _wait_phase(kube, ns, "a100", "Queued", operator)
+    obj = _wait_phase(kube, ns, "h200", "Queued", operator)
     assert "node" in condition(obj, "Reconciling")["message"]
 
 

@@ -70,7 +70,18 @@ def test_killed_and_restarted_operator_converges_without_duplicates(
         assert not [k for k in annotations if k.startswith("kiln.dev/") and "progress" in k], (
             "kopf left handler progress behind"
         )
-        assert not obj["metadata"].get("finalizers"), "no finalizer may be stuck"
+        # kopf's finalizer lets it stop the resource's timer; it must not outlive the operator's
+        # absence: delete while the operator is down, then start it, and the resource goes.
+        assert obj["metadata"].get("finalizers") == ["kiln.dev/cleanup"]
+        operator.kill()
+        kube.kubectl("delete", "mopt", "phoenix", "-n", ns, "--wait=false")
+        operator.start()
+        wait_until(
+            "the resource deleted",
+            lambda: not status_of(kube, ns, "phoenix"),
+            describe=operator.log,
+        )
+        wait_until("its Job collected", lambda: _count(kube, "jobs", ns) == 0)
     finally:
         operator.stop()
         watch.close()
