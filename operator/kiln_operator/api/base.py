@@ -43,13 +43,20 @@ class KilnModel(BaseModel):
     )
 
 
-def cel_rules(*rules: tuple[str, str]) -> ConfigDict:
-    """Model config carrying CEL rules (rule, message) into the CRD as x-kubernetes-validations.
+def cel_rules(*rules: tuple[str, str] | tuple[str, str, str]) -> ConfigDict:
+    """Model config carrying CEL rules into the CRD as x-kubernetes-validations.
 
-    The CRD has no defaults, so a rule must guard optional fields with has(); pydantic validators
-    enforce the same rules with defaults applied.
+    Each rule is (rule, message) or (rule, message, fieldPath); fieldPath (e.g. ".blockSize")
+    makes the API server name that field in its error. The CRD has no defaults, so a rule must
+    guard optional fields with has(); pydantic validators enforce the same rules with defaults
+    applied.
     """
-    validations: list[JsonValue] = [{"rule": rule, "message": message} for rule, message in rules]
+    validations: list[JsonValue] = []
+    for rule, message, *field_path in rules:
+        validation: dict[str, JsonValue] = {"rule": rule, "message": message}
+        if field_path:
+            validation["fieldPath"] = field_path[0]
+        validations.append(validation)
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": validations})
 
 

@@ -88,6 +88,7 @@ class EvaluationSpec(KilnModel):
             "!has(self.onGateFailure) || self.onGateFailure != 'escalate' "
             "|| has(self.maxDegradationPercent)",
             "onGateFailure: escalate needs maxDegradationPercent (the gate)",
+            ".onGateFailure",
         )
     )
 
@@ -122,6 +123,7 @@ class EngineSpec(KilnModel):
             "(has(self.maxInputLen) ? self.maxInputLen : 2048) "
             "< (has(self.maxSeqLen) ? self.maxSeqLen : 4096)",
             "maxInputLen must be less than maxSeqLen (defaults 2048 and 4096)",
+            ".maxInputLen",
         )
     )
 
@@ -246,6 +248,7 @@ class SchedulingSpec(KilnModel):
             "!has(self.podLabels) || self.podLabels.all(k, "
             "!k.startsWith('kiln.dev/') && !k.startsWith('kueue.x-k8s.io/'))",
             "podLabels may not set kiln.dev/ or kueue.x-k8s.io/ labels",
+            ".podLabels",
         )
     )
 
@@ -298,11 +301,13 @@ class ModelOptimizationSpec(KilnModel):
         (
             "self.techniques.filter(t, has(t.ptq)).size() <= 1",
             "at most one ptq per stack: quantize once, then refine it with qat or qad",
+            ".techniques",
         ),
         (
             "self.techniques.exists(t, has(t.ptq)) || self.techniques.all(t, "
             "(!has(t.qat) || has(t.qat.format)) && (!has(t.qad) || has(t.qad.format)))",
             "qat and qad need a quantization format: put a ptq before them or set their format",
+            ".techniques",
         ),
     )
 

@@ -100,6 +100,7 @@ class PTQSpec(KilnModel):
         (
             "!has(self.blockSize) || self.format in ['int4_awq', 'w4a8_awq']",
             "blockSize applies to int4_awq and w4a8_awq only",
+            ".blockSize",
         )
     )
 
@@ -149,8 +150,13 @@ class SpeculativeSpec(KilnModel):
         (
             "!(has(self.draft) && has(self.training))",
             "set draft (attach an existing draft) or training, not both",
+            ".training",
         ),
-        ("!has(self.medusaHeads) || self.algorithm == 'medusa'", "medusaHeads applies to medusa"),
+        (
+            "!has(self.medusaHeads) || self.algorithm == 'medusa'",
+            "medusaHeads applies to algorithm: medusa only",
+            ".medusaHeads",
+        ),
     )
 
     @model_validator(mode="after")
