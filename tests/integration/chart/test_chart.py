@@ -1,0 +1,228 @@
+"""The Helm chart with the real helm, kubectl and API server: lint, render, install, and run the
+operator with the chart's own ServiceAccount (not admin)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.kube import REPO_ROOT, Cluster
+from tests.integration.operator.harness import (
+    OperatorProcess,
+    condition,
+    mopt,
+    status_of,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+CHART = REPO_ROOT / "charts" / "kiln"
+HELM = str(REPO_ROOT / ".venv" / "bin" / "helm")
+VARIANTS = {
+    "defaults": [],
+    "namespaced": [
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+        "--set",
+        "replicaCount=1",
+        "--set",
+        "config.defaultStore=pvc://kiln-artifacts/models",
+        "--set",
+        "artifactsVolume.claimName=kiln-artifacts",
+        "--set",
+        "artifactsVolume.storeUri=pvc://kiln-artifacts",
+    ],
+    "minimal": [
+        "--set",
+        "webhook.enabled=false",
+        "--set",
+        "metrics.enabled=false",
+        "--set",
+        "rbac.aggregateToDefaultRoles=false",
+        "--set",
+        "replicaCount=1",
+    ],
+}
+
+
+def helm(kube: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [HELM, f"--kubeconfig={kube.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lint(kube: Cluster, variant: str) -> None:
+    helm(kube, "lint", str(CHART), "--strict", *VARIANTS[variant])
+
+
+def test_values_schema_refuses_nonsense(kube: Cluster) -> None:
+    proc = helm(kube, "template", "kiln", str(CHART), "--set", "replicaCount=0", check=False)
+    assert proc.returncode != 0 and "replicaCount" in proc.stderr
+    proc = helm(kube, "template", "kiln", str(CHART), "--set", "bogus=1", check=False)
+    assert proc.returncode != 0 and "bogus" in proc.stderr
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_rendered_object_is_accepted_by_the_api_server(kube: Cluster, variant: str) -> None:
+    for ns in ("kiln-system", "team-a", "team-b"):
+        kube.kubectl("create", "namespace", ns, check=False)
+    rendered = helm(
+        kube,
+        "template",
+        "kiln",
+        str(CHART),
+        "-n",
+        "kiln-system",
+        "--include-crds",
+        *VARIANTS[variant],
+    ).stdout
+    objects = [o for o in yaml.safe_load_all(rendered) if o]
+    assert {o["kind"] for o in objects} >= {"Deployment", "ClusterRole", "ConfigMap"}
+    crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+    rest = [o for o in objects if o["kind"] != "CustomResourceDefinition"]
+    kube.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(crds))
+    for crd in crds:
+        kube.wait_for(f"crd/{crd['metadata']['name']}", None, condition="Established")
+    proc = kube.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(rest),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    config = next(o for o in objects if o["kind"] == "ConfigMap")
+    from kiln_operator.config import OperatorConfig
+
+    OperatorConfig.model_validate(yaml.safe_load(config["data"]["config.yaml"]))
+
+
+def test_rbac_grants_no_secret_reads(kube: Cluster) -> None:
+    rendered = helm(kube, "template", "kiln", str(CHART), "-n", "kiln-system").stdout
+    for obj in yaml.safe_load_all(rendered):
+        if obj and obj["kind"] in ("ClusterRole", "Role"):
+            for rule in obj["rules"]:
+                if "secrets" in rule["resources"]:
+                    assert set(rule["verbs"]) == {"create"}, rule
+
+
+def test_installed_chart_runs_the_operator_with_its_own_service_account(
+    kube: Cluster, make_namespace, tmp_path: Path
+) -> None:
+    helm(
+        kube,
+        "install",
+        "kiln",
+        str(CHART),
+        "-n",
+        "kiln-system",
+        "--create-namespace",
+        "--set",
+        "webhook.enabled=false",
+        "--set",
+        "replicaCount=1",
+        "--wait=false",
+    )
+    try:
+        ns = make_namespace()
+        kube.create_bound_pvc(ns, "artifacts")
+        token = kube.sa_token("kiln-system", "kiln")
+        kubeconfig = kube.kubeconfig_for_token(token, tmp_path / "operator.kubeconfig")
+
+        def as_operator(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(REPO_ROOT / ".venv/bin/kubectl"), f"--kubeconfig={kubeconfig}", *args],
+                capture_output=True,
+                text=True,
+            )
+
+        # What the operator must never do.
+        forbidden = as_operator("get", "secrets", "-n", ns)
+        assert forbidden.returncode != 0 and "Forbidden" in forbidden.stderr
+        assert as_operator("auth", "can-i", "get", "secrets", "-n", ns).stdout.strip() == "no"
+        assert as_operator("auth", "can-i", "create", "secrets", "-n", ns).stdout.strip() == "yes"
+        assert as_operator("auth", "can-i", "delete", "nodes").stdout.strip() == "no"
+
+        operator = OperatorProcess(kube, tmp_path)
+        operator.env["KUBECONFIG"] = str(kubeconfig)
+        operator.start()
+        try:
+            kube.apply(mopt("rbac"), namespace=ns)
+            obj = wait_until(
+                "Ready with the chart's RBAC",
+                lambda: (
+                    (o := status_of(kube, ns, "rbac"))
+                    and condition(o, "Ready").get("status") == "True"
+                    and o
+                ),
+                timeout=120,
+                describe=operator.log,
+            )
+            assert obj["status"]["phase"] == "Ready"
+            assert "Forbidden" not in operator.log()
+        finally:
+            operator.stop()
+    finally:
+        helm(kube, "uninstall", "kiln", "-n", "kiln-system", check=False)
+
+
+def test_namespace_users_get_modeloptimizations_through_aggregated_roles(
+    kube: Cluster, namespace: str
+) -> None:
+    helm(
+        kube,
+        "install",
+        "kiln-agg",
+        str(CHART),
+        "-n",
+        "kiln-agg",
+        "--create-namespace",
+        "--set",
+        "webhook.enabled=false",
+        "--set",
+        "replicaCount=1",
+        "--wait=false",
+    )
+    try:
+        for role, user in (("edit", "dev"), ("view", "viewer")):
+            kube.kubectl(
+                "create",
+                "rolebinding",
+                user,
+                "-n",
+                namespace,
+                f"--clusterrole={role}",
+                f"--user={user}",
+            )
+
+        def can(user: str, verb: str) -> str:
+            return kube.kubectl(
+                "auth",
+                "can-i",
+                verb,
+                "modeloptimizations.kiln.dev",
+                "-n",
+                namespace,
+                f"--as={user}",
+                check=False,
+            ).stdout.strip()
+
+        wait_until("aggregation", lambda: can("dev", "create") == "yes")
+        assert can("viewer", "list") == "yes"
+        assert can("viewer", "create") == "no"
+    finally:
+        helm(kube, "uninstall", "kiln-agg", "-n", "kiln-agg", check=False)
+        print(json.dumps({"uninstalled": True}))
