@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the test cluster's binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kwok) from the pinned Go modules into .cache/cluster/bin, and copies kwok's
-# stock Stage objects into .cache/cluster/stages.
+# kube-scheduler, kwok; with --kueue also Kueue's manager) from the pinned Go modules into
+# .cache/cluster/bin, and copies the manifests they need (kwok's stock Stages, Kueue's CRDs and
+# webhooks) from those modules into .cache/cluster.
 #
-# A stamp keyed on the go.mod/go.sum files and this script makes a second run a no-op; Go's own
-# build cache makes a rebuild after a small change cheap.
+# A stamp per part, keyed on its go.mod/go.sum and this script, makes a second run a no-op;
+# Go's own build cache makes a rebuild after a small change cheap.
 #
 # Usage: tests/cluster/build.sh [--kueue]    (KILN_CLUSTER_CACHE overrides .cache/cluster)
 set -euo pipefail
@@ -14,74 +15,97 @@ root=$(cd "$here/../.." && pwd)
 out=${KILN_CLUSTER_CACHE:-$root/.cache/cluster}
 bin=$out/bin
 k8s_version=v1.35.4
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+script="$here/build.sh"
 
-with_kueue=0
-if [[ ${1:-} == "--kueue" ]]; then
-  with_kueue=1
-  binaries+=(kueue)
-fi
+log() { echo "$*" >&2; }
 
-key_inputs=("$here/go.mod" "$here/go.sum" "$here/kwok/go.mod" "$here/kwok/go.sum" "$0")
-if ((with_kueue)); then
-  key_inputs+=("$here/kueue/go.mod" "$here/kueue/go.sum")
-fi
-key=$(cat "${key_inputs[@]}" | sha256sum | cut -d' ' -f1)
-stamp=$out/stamp
-if ((with_kueue)); then stamp=$out/stamp-kueue; fi
+# key PART FILES...: the stamp key of a part.
+key() { cat "$@" "$script" | sha256sum | cut -d' ' -f1; }
 
-up_to_date() {
-  [[ -f $stamp && $(<"$stamp") == "$key" ]] || return 1
-  for b in "${binaries[@]}"; do [[ -x $bin/$b ]] || return 1; done
-  [[ -d $out/stages ]]
+# fresh STAMP KEY BINARIES...: whether the part is built and current.
+fresh() {
+  local stamp=$1 want=$2
+  shift 2
+  [[ -f $stamp && $(<"$stamp") == "$want" ]] || return 1
+  for b in "$@"; do [[ -x $bin/$b ]] || return 1; done
 }
 
-if up_to_date; then
-  echo "cluster binaries up to date in $bin" >&2
-  exit 0
-fi
+# copy_from_module MODULE SRC DEST: copy a directory or file out of the module cache.
+copy_from_module() {
+  local dir
+  dir=$(go list -m -f '{{.Dir}}' "$1")
+  rm -rf "$3"
+  cp -r "$dir/$2" "$3"
+  chmod -R u+w "$3"
+}
 
-command -v go >/dev/null || { echo "build.sh: Go is needed to build the test cluster" >&2; exit 1; }
-rm -f "$stamp"
-mkdir -p "$bin"
-# Static binaries, no C toolchain needed; -mod=readonly so a stale go.sum fails loudly.
-export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
+build_control_plane() {
+  # The version variables Kubernetes' own build (hack/lib/version.sh) stamps in; without them
+  # the binaries report v0.0.0 and kubectl warns about version skew.
+  local ldflags="" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=35"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  log "building etcd and Kubernetes $k8s_version control plane (about 8 min cold on 2 cores)..."
+  (
+    cd "$here"
+    go build -ldflags "$ldflags" -o "$bin/" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler
+    go build -o "$bin/etcd" go.etcd.io/etcd/server/v3
+  )
+  log "building kwok (about 2 min cold)..."
+  (
+    cd "$here/kwok"
+    go build -o "$bin/kwok" sigs.k8s.io/kwok/cmd/kwok
+    copy_from_module sigs.k8s.io/kwok kustomize/stage "$out/stages"
+  )
+}
 
-# The version variables Kubernetes' own build (hack/lib/version.sh) stamps in; without them the
-# binaries report v0.0.0 and kubectl warns about version skew.
-ldflags=""
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=35"
-  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
-
-start=$SECONDS
-echo "building etcd and Kubernetes $k8s_version control plane (about 8 min cold on 2 cores)..." >&2
-(
-  cd "$here"
-  go build -ldflags "$ldflags" -o "$bin/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler
-  go build -o "$bin/etcd" go.etcd.io/etcd/server/v3
-)
-echo "building kwok (about 2 min cold)..." >&2
-(
-  cd "$here/kwok"
-  go build -o "$bin/kwok" sigs.k8s.io/kwok/cmd/kwok
-  rm -rf "$out/stages"
-  cp -r "$(go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage" "$out/stages"
-  chmod -R u+w "$out/stages"
-)
-if ((with_kueue)); then
-  echo "building kueue (about 5 min cold)..." >&2
+build_kueue() {
+  log "building Kueue's manager (about 5 min cold on 2 cores)..."
   (
     cd "$here/kueue"
     go build -o "$bin/kueue" sigs.k8s.io/kueue/cmd/kueue
-    rm -rf "$out/kueue-config"
-    cp -r "$(go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)/config/components/crd" "$out/kueue-crds"
-    chmod -R u+w "$out/kueue-crds"
+    mkdir -p "$out/kueue"
+    copy_from_module sigs.k8s.io/kueue config/components/crd/bases "$out/kueue/crds"
+    copy_from_module sigs.k8s.io/kueue config/components/webhook/manifests.yaml \
+      "$out/kueue/webhook.yaml"
   )
+}
+
+with_kueue=0
+if [[ ${1:-} == "--kueue" ]]; then with_kueue=1; fi
+
+base_key=$(key "$here/go.mod" "$here/go.sum" "$here/kwok/go.mod" "$here/kwok/go.sum")
+kueue_key=$(key "$here/kueue/go.mod" "$here/kueue/go.sum")
+base_fresh=0 kueue_fresh=1
+fresh "$out/stamp" "$base_key" etcd kube-apiserver kube-controller-manager kube-scheduler kwok &&
+  [[ -d $out/stages ]] && base_fresh=1
+if ((with_kueue)); then
+  kueue_fresh=0
+  fresh "$out/stamp-kueue" "$kueue_key" kueue && [[ -d $out/kueue/crds ]] && kueue_fresh=1
 fi
-echo "$key" >"$stamp"
-echo "cluster binaries built in $((SECONDS - start)) s into $bin" >&2
+
+if ((base_fresh && kueue_fresh)); then
+  log "cluster binaries up to date in $bin"
+  exit 0
+fi
+command -v go >/dev/null || { log "build.sh: Go is needed to build the test cluster"; exit 1; }
+mkdir -p "$bin"
+# Static binaries, no C toolchain needed; -mod=readonly so a stale go.sum fails loudly.
+export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
+start=$SECONDS
+if ((!base_fresh)); then
+  rm -f "$out/stamp"
+  build_control_plane
+  echo "$base_key" >"$out/stamp"
+fi
+if ((!kueue_fresh)); then
+  rm -f "$out/stamp-kueue"
+  build_kueue
+  echo "$kueue_key" >"$out/stamp-kueue"
+fi
+log "cluster binaries built in $((SECONDS - start)) s into $bin"

@@ -6,6 +6,7 @@
   Standard.
 * ``make_namespace`` (function): a factory, ``make_namespace(labels={...}) -> name``.
 * ``local_exec_node`` (session): a node whose pods the local executor runs for real.
+* ``kueue`` (session): the same cluster with Kueue running (installed on first use).
 
 A test that uses the cluster and fails gets a report section listing every component's log.
 If the binaries are not built the fixture fails (never skips) and says to run
@@ -25,7 +26,14 @@ import pytest
 
 from tests.cluster.kube import REPO_ROOT, Cluster, ClusterBinariesMissing
 
-__all__ = ["kube", "local_exec_node", "make_namespace", "namespace", "restricted_namespace"]
+__all__ = [
+    "kube",
+    "kueue",
+    "local_exec_node",
+    "make_namespace",
+    "namespace",
+    "restricted_namespace",
+]
 
 _CLUSTER_KEY = pytest.StashKey[Cluster]()
 #: Debugging aid: a directory of CRDs to install instead of crds/ ("" installs none).
@@ -65,6 +73,16 @@ def local_exec_node(kube: Cluster) -> str:
     ``nodes.LOCAL_EXEC_TOLERATION``.
     """
     return kube.add_local_exec_node("local-exec-0")
+
+
+@pytest.fixture(scope="session")
+def kueue(kube: Cluster) -> Cluster:
+    """The session's cluster with Kueue installed and running (started on first use)."""
+    try:
+        kube.enable_kueue()
+    except ClusterBinariesMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return kube
 
 
 def _slug(text: str) -> str:

@@ -175,6 +175,7 @@ class Cluster:
         self._base_tmp = base_tmp
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._sup: Supervisor | None = None
+        self._kueue_started = False
         self._pki: Pki | None = None
         self._kubectl = ""
         self.kubeconfig = Path()
@@ -581,6 +582,25 @@ class Cluster:
             pairs = [f"test.kiln.dev/{k.replace('_', '-')}={v}" for k, v in annotations.items()]
             self.kubectl("annotate", "-n", namespace, "pod", pod, "--overwrite", *pairs)
         self.kubectl("label", "-n", namespace, "pod", pod, "--overwrite", f"{FATE_LABEL}={fate}")
+
+    def enable_kueue(self) -> None:
+        """Install Kueue's CRDs and webhooks and start its manager (once; see ``kueue.py``).
+
+        Raises:
+            ClusterBinariesMissing: If Kueue was not built (``make cluster-bins`` builds it).
+        """
+        if self._kueue_started:
+            return
+        from tests.cluster import kueue
+
+        bin_dir, kueue_dir = cache_dir() / "bin", cache_dir() / "kueue"
+        if not (bin_dir / "kueue").exists() or not (kueue_dir / "crds").is_dir():
+            raise ClusterBinariesMissing(
+                f"Kueue is not built in {bin_dir}: run `make cluster-bins` "
+                "(tests/cluster/build.sh --kueue)"
+            )
+        kueue.start(self, bin_dir, kueue_dir)
+        self._kueue_started = True
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         """A Secret's data, decoded."""
