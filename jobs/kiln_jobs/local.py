@@ -1,0 +1,294 @@
+"""`kiln run`: the whole flow on one machine, no cluster.
+
+`run_local` runs the Plan with the job runner (the same code as the Kubernetes Job), serves the
+published Triton repository with the `tritonserver` from the `nvidia-pytriton` wheel, sends a
+smoke prompt over HTTP and gRPC, checks the served continuation against the checkpoint's own, and
+prints a short plain-text report. Every failure a user can act on is a `KilnJobError` with a
+one-line message; the CLI prints it and exits with its code.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from kiln_jobs.errors import UserError
+from kiln_jobs.manifest import Manifest
+from kiln_jobs.plan import Plan
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "SMOKE_TOKENS",
+    "LocalReport",
+    "ServeReport",
+    "format_report",
+    "run_local",
+    "serve_published",
+]
+
+DEFAULT_PROMPT = "The GNU General Public License is"
+# Enough tokens for a sentence, few enough for a CPU to answer in seconds.
+SMOKE_TOKENS = 24
+
+
+@dataclass
+class ServeReport:
+    """What serving the published repository showed."""
+
+    runtime: str
+    model: str
+    http_url: str = ""
+    grpc_url: str = ""
+    metrics_url: str = ""
+    ready_seconds: float = 0.0
+    prompt: str = ""
+    text: str = ""
+    http_seconds: float = 0.0
+    grpc_seconds: float = 0.0
+    output_tokens: int | None = None
+    protocols_agree: bool = False
+    # None when not checked (the runtime is not Kiln's CPU runtime).
+    matches_checkpoint: bool | None = None
+    log_path: str = ""
+    stopped: bool = True
+
+
+@dataclass
+class LocalReport:
+    """What `kiln run` did."""
+
+    plan_hash: str
+    publish_dir: Path
+    manifest: Manifest
+    reused: bool = False
+    serve: ServeReport | None = None
+    skipped_serving: str | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _checkpoint_continuation(publish_dir: Path, manifest: Manifest, prompt: str) -> str:
+    """The checkpoint's greedy continuation, computed in this process (the reference)."""
+    from transformers import AutoTokenizer
+
+    from kiln_jobs.serving.checkpoint import load_checkpoint
+    from kiln_jobs.serving.generation import SamplingParams, generate
+
+    checkpoint = publish_dir / manifest.checkpoint_dir
+    model = load_checkpoint(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    return generate(model, tokenizer, prompt, SamplingParams(max_tokens=SMOKE_TOKENS)).text
+
+
+def _serve_problem(runtime: str) -> str | None:
+    from kiln_jobs.serving.engine import unavailable_reason
+
+    if runtime == "tensorrtllm-engine":
+        return "the local tritonserver has no TensorRT-LLM backend; serve engines in the cluster"
+    if runtime == "tensorrtllm-pytorch":
+        return unavailable_reason()
+    return None
+
+
+def serve_published(
+    manifest: Manifest,
+    publish_dir: Path,
+    *,
+    prompt: str = DEFAULT_PROMPT,
+    keep_serving: bool = False,
+    log_path: Path | None = None,
+    on_ready: Callable[[ServeReport], None] | None = None,
+    out: TextIO = sys.stdout,
+) -> ServeReport:
+    """Serve a published plan with a local Triton and check it answers.
+
+    Args:
+        manifest: The plan's manifest (says the runtime and where the repository is).
+        publish_dir: The plan-hash directory.
+        prompt: The smoke prompt.
+        keep_serving: Block, serving, until interrupted (Ctrl-C or SIGTERM).
+        log_path: Where the server log goes.
+        on_ready: Called with the report once the checks are done, before serving on.
+        out: Where the serving notices go (the report is the caller's).
+
+    Raises:
+        KilnJobError: The runtime cannot be served here, Triton failed, or a request failed.
+    """
+    from kiln_jobs.serving.client import generate
+    from kiln_jobs.serving.repository import served_model
+    from kiln_jobs.serving.tritonserver import TritonServer
+
+    runtime = manifest.serving_runtime or "python"
+    problem = _serve_problem(runtime)
+    if problem is not None:
+        raise UserError(f"serve: runtime {runtime}: {problem}")
+    if manifest.triton_repository is None:
+        raise UserError("serve: the manifest names no Triton repository")
+    model = served_model(runtime, manifest.plan)
+    report = ServeReport(runtime=runtime, model=model, prompt=prompt)
+    server = TritonServer(publish_dir / manifest.triton_repository, log_path=log_path)
+    with server:
+        report.http_url, report.grpc_url = server.http_url, server.grpc_url
+        report.metrics_url, report.log_path = server.metrics_url, str(server.log_path)
+        report.ready_seconds = server.ready_seconds or 0.0
+        http = generate(server.http_url, model, prompt, max_tokens=SMOKE_TOKENS)
+        grpc = generate(server.grpc_url, model, prompt, max_tokens=SMOKE_TOKENS, protocol="grpc")
+        report.text, report.output_tokens = http.text, http.output_tokens
+        report.http_seconds, report.grpc_seconds = http.seconds, grpc.seconds
+        report.protocols_agree = http.text == grpc.text
+        if runtime == "python":
+            reference = _checkpoint_continuation(publish_dir, manifest, prompt)
+            report.matches_checkpoint = reference == report.text
+        if on_ready is not None:
+            on_ready(report)
+        if keep_serving:
+            _serve_until_interrupted(server, out)
+    report.stopped = server.pid is None
+    return report
+
+
+def _serve_until_interrupted(server: object, out: TextIO) -> None:
+    http_url = getattr(server, "http_url", "")
+    print(
+        f"serving on http://{http_url} (gRPC {getattr(server, 'grpc_url', '')}); Ctrl-C to stop",
+        file=out,
+        flush=True,
+    )
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while getattr(server, "pid", None) is not None:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("stopping", file=out, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_local(
+    plan: Plan,
+    workdir: Path,
+    *,
+    serve: bool = True,
+    keep_serving: bool = False,
+    prompt: str = DEFAULT_PROMPT,
+    out: TextIO = sys.stdout,
+) -> LocalReport:
+    """Run `plan` on this machine, serve the result with a local Triton, print a report.
+
+    Args:
+        plan: The compiled Plan (its store must be a local `file://` directory).
+        workdir: Scratch space for the runner and the server log.
+        serve: Start Triton and send the smoke requests.
+        keep_serving: Keep Triton up after the report until interrupted.
+        prompt: The smoke prompt.
+        out: Where the report goes.
+
+    Raises:
+        KilnJobError: Any failure the user can act on (the CLI prints its one-line message).
+    """
+    from kiln_jobs.runner import run_plan
+
+    started = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = run_plan(plan, workdir)
+    if result.published_dir is None:
+        raise UserError(
+            f"kiln run serves from a local store; {result.published_uri} is remote "
+            "(use a file:// store)"
+        )
+    report = LocalReport(
+        plan_hash=result.manifest.plan_hash,
+        publish_dir=result.published_dir,
+        manifest=result.manifest,
+        reused=result.reused,
+    )
+    runtime = result.manifest.serving_runtime or "python"
+    if serve and (problem := _serve_problem(runtime)) is not None:
+        report.skipped_serving = f"runtime {runtime}: {problem}"
+    elif serve:
+
+        def print_report(serving: ServeReport) -> None:
+            report.serve = serving
+            report.seconds = time.monotonic() - started
+            print(format_report(report), file=out, flush=True)
+
+        report.serve = serve_published(
+            result.manifest,
+            result.published_dir,
+            prompt=prompt,
+            keep_serving=keep_serving,
+            log_path=workdir / "tritonserver.log",
+            on_ready=print_report,
+            out=out,
+        )
+        print(f"triton stopped (log {report.serve.log_path})", file=out, flush=True)
+        return report
+    else:
+        report.skipped_serving = "--no-serve"
+    report.seconds = time.monotonic() - started
+    print(format_report(report), file=out, flush=True)
+    return report
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "?"
+    return f"{value / 1e6:.1f} MB"
+
+
+def _perplexity_line(manifest: Manifest) -> str:
+    metrics = manifest.metrics
+    if metrics.perplexity is None:
+        return "not measured"
+    gate = manifest.plan.evaluation.max_degradation_percent
+    change = (
+        f"{metrics.degradation_percent:+.1f}%" if metrics.degradation_percent is not None else ""
+    )
+    gate_text = f", gate {gate:g}%" if gate is not None else ""
+    return f"{metrics.baseline_perplexity:.2f} -> {metrics.perplexity:.2f} ({change}{gate_text})"
+
+
+def _stage_line(manifest: Manifest) -> str:
+    parts = [f"{s.name} {s.seconds:.1f}s" for s in manifest.stages if s.seconds is not None]
+    return ", ".join(parts) or "-"
+
+
+def _serve_lines(serve: ServeReport) -> list[str]:
+    tokens = serve.output_tokens
+    rate = f", {tokens / serve.http_seconds:.1f} tok/s" if tokens and serve.http_seconds else ""
+    check = {True: "yes", False: "NO", None: "not checked"}[serve.matches_checkpoint]
+    return [
+        f"  runtime      {serve.runtime} (model '{serve.model}')",
+        f"  endpoints    http {serve.http_url}  grpc {serve.grpc_url}  metrics {serve.metrics_url}",
+        f"  ready in     {serve.ready_seconds:.1f}s (server start + model load)",
+        f"  prompt       {serve.prompt!r}",
+        f"  generated    {serve.text!r}",
+        f"  latency      http {serve.http_seconds:.2f}s ({tokens or '?'} tokens{rate}), "
+        f"grpc {serve.grpc_seconds:.2f}s; same text: {'yes' if serve.protocols_agree else 'NO'}",
+        f"  checkpoint   served text equals the checkpoint's greedy continuation: {check}",
+    ]
+
+
+def format_report(report: LocalReport) -> str:
+    """The plain-text summary `kiln run` prints."""
+    manifest = report.manifest
+    metrics = manifest.metrics
+    lines = [
+        f"kiln run: {manifest.plan.metadata.name} (plan {report.plan_hash})",
+        f"  published    {report.publish_dir}{' (reused)' if report.reused else ''}",
+        f"  techniques   {manifest.plan.summary()}  [{manifest.checkpoint.quant_algo or 'none'}]",
+        f"  perplexity   {_perplexity_line(manifest)}",
+        f"  size         {_size(metrics.baseline_size_bytes)} -> {_size(metrics.size_bytes)}",
+        f"  stages       {_stage_line(manifest)}",
+    ]
+    if report.serve is not None:
+        lines += _serve_lines(report.serve)
+    elif report.skipped_serving:
+        lines.append(f"  serving      skipped ({report.skipped_serving})")
+    lines.append(f"  wall time    {report.seconds:.1f}s")
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""`kiln run`'s local flow: serve a published plan with the real Triton, check it, report.
+
+The runner half is replaced by a published tiny plan here (the runner has its own tests); the
+SmolLM2 test at the bottom runs the real thing end to end."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from kiln_jobs import local
+from kiln_jobs.manifest import CheckpointInfo, Manifest, Metrics, StageResult
+from kiln_jobs.serving.tritonserver import TritonServer
+from tests.integration.serving.conftest import group_alive, reference_text
+
+pytestmark = pytest.mark.integration
+
+
+def _manifest(published) -> Manifest:
+    return Manifest(
+        plan_hash=published.plan.hash(),
+        plan=published.plan,
+        created_at=datetime.now(UTC).isoformat(),
+        stages=[StageResult(name="ptq(fp8)", state="Succeeded", seconds=1.5)],
+        metrics=Metrics(
+            baseline_perplexity=23.76,
+            perplexity=24.2,
+            degradation_percent=1.85,
+            baseline_size_bytes=538_000_000,
+            size_bytes=270_000_000,
+        ),
+        checkpoint=CheckpointInfo(quant_algo="FP8"),
+        serving_runtime="python",
+        files=[],
+    )
+
+
+def test_serve_published_checks_both_protocols_and_the_checkpoint(tiny_published) -> None:
+    groups = set(TritonServer.started_groups)
+    seen = []
+    report = local.serve_published(
+        _manifest(tiny_published), tiny_published.root, prompt="Kiln serves", on_ready=seen.append
+    )
+    expected = reference_text(tiny_published.export, "Kiln serves", local.SMOKE_TOKENS)
+    assert report.text == expected
+    assert report.protocols_agree and report.matches_checkpoint and report.stopped
+    assert report.http_url and report.grpc_url and report.ready_seconds > 0
+    assert seen == [report]
+    assert not any(group_alive(g) for g in TritonServer.started_groups - groups)
+
+
+def test_run_local_prints_a_plain_report(tiny_published, tmp_path: Path, monkeypatch) -> None:
+    from kiln_jobs import runner
+
+    manifest = _manifest(tiny_published)
+    result = runner.RunResult(
+        manifest=manifest,
+        published_uri=tiny_published.root.as_uri(),
+        published_dir=tiny_published.root,
+    )
+    monkeypatch.setattr(runner, "run_plan", lambda plan, workdir, **_: result)
+    out = io.StringIO()
+    report = local.run_local(tiny_published.plan, tmp_path, prompt="Kiln serves", out=out)
+    text = out.getvalue()
+    print(text)
+    assert report.serve is not None and report.serve.matches_checkpoint
+    assert "perplexity   23.76 -> 24.20 (+1.9%" in text
+    assert "size         538.0 MB -> 270.0 MB" in text
+    assert f"generated    {report.serve.text!r}" in text
+    assert "same text: yes" in text and "Traceback" not in text
+    assert "triton stopped" in text
+    assert (tmp_path / "tritonserver.log").is_file()
+
+
+def test_no_serve(tiny_published, tmp_path: Path, monkeypatch) -> None:
+    from kiln_jobs import runner
+
+    result = runner.RunResult(
+        manifest=_manifest(tiny_published),
+        published_uri=tiny_published.root.as_uri(),
+        published_dir=tiny_published.root,
+    )
+    monkeypatch.setattr(runner, "run_plan", lambda plan, workdir, **_: result)
+    out = io.StringIO()
+    report = local.run_local(tiny_published.plan, tmp_path, serve=False, out=out)
+    assert report.serve is None and "serving      skipped (--no-serve)" in out.getvalue()
