@@ -187,6 +187,11 @@ class QuantizedLinear(nn.Module):
     Q_act the per-tensor activation quantization (FP8 or int8) when the format has one.
     """
 
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    pre_quant_scale: torch.Tensor | None
+    input_scale: torch.Tensor | None
+
     def __init__(
         self,
         algo: str,
@@ -376,7 +381,7 @@ def load_checkpoint(checkpoint_dir: Path | str, *, dtype: torch.dtype = torch.fl
     return model.eval()
 
 
-def _load_dense(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+def _load_dense(model: Any, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     result = model.load_state_dict(state, strict=False)
     quantized = {

@@ -85,7 +85,7 @@ def served_model(runtime: str, plan: Plan) -> str:
     return plan.serving.model_name
 
 
-def write_repository(plan: Plan, publish_dir: Path, *, mount: str = MODEL_MOUNT) -> str:
+def write_repository(plan: Plan, publish_dir: Path, *, mount: str = MODEL_MOUNT) -> Runtime:
     """Write `<publish_dir>/triton/` for `plan` (replacing an old one) and return its runtime.
 
     Args:

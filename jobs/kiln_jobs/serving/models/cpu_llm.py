@@ -59,6 +59,9 @@ def _strings(request: Any, name: str, row: int) -> tuple[str, ...]:
 class TritonPythonModel:
     """Triton's entry points: initialize, execute, finalize."""
 
+    model: Any
+    tokenizer: Any
+
     def initialize(self, args: dict[str, str]) -> None:
         """Load the tokenizer and the quantized model once per instance."""
         import torch

@@ -40,8 +40,10 @@ class TritonPythonModel:
         lengths = lengths.reshape(tokens.shape[0], -1)
         texts = [
             [
-                self.tokenizer.decode(
-                    beam[: lengths[row, k]].tolist(), skip_special_tokens=self.skip_special
+                str(
+                    self.tokenizer.decode(
+                        beam[: lengths[row, k]].tolist(), skip_special_tokens=self.skip_special
+                    )
                 ).encode()
                 for k, beam in enumerate(tokens[row])
             ]

@@ -31,6 +31,13 @@ def _rows(request: Any, name: str) -> np.ndarray | None:
     return values.reshape(values.shape[0], -1)
 
 
+def _required(request: Any, name: str) -> np.ndarray:
+    rows = _rows(request, name)
+    if rows is None:
+        raise ValueError(f"missing input {name}")
+    return rows
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -72,7 +79,7 @@ class TritonPythonModel:
         self.pad_id = self.end_id if pad is None else pad
 
     def _one(self, request: Any) -> Any:
-        queries = _rows(request, "QUERY")
+        queries = _required(request, "QUERY")
         batch = queries.shape[0]
         ids = [
             self.tokenizer.encode(_text(q[0]), add_special_tokens=self.add_special_tokens)
@@ -94,7 +101,7 @@ class TritonPythonModel:
             "REQUEST_INPUT_LEN": np.array([[len(i)] for i in ids], dtype=np.int32),
             "BAD_WORDS_IDS": word_list(self.tokenizer, _rows(request, "BAD_WORDS_DICT"), batch),
             "STOP_WORDS_IDS": word_list(self.tokenizer, _rows(request, "STOP_WORDS_DICT"), batch),
-            "REQUEST_OUTPUT_LEN": _rows(request, "REQUEST_OUTPUT_LEN").astype(np.int32),
+            "REQUEST_OUTPUT_LEN": _required(request, "REQUEST_OUTPUT_LEN").astype(np.int32),
             "OUT_END_ID": np.asarray(end_ids, dtype=np.int32),
             "OUT_PAD_ID": np.asarray(pad_ids, dtype=np.int32),
         }
