@@ -24,8 +24,17 @@ from kiln_operator.jobstate import view_job
 from kiln_operator.kube import KubeApi
 from kiln_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, PhaseClock
 from kiln_operator.naming import COMPONENT_LABEL, OWNER_LABEL
-from kiln_operator.reconcile import Decision, Prepared, decide, decide_invalid, prepare
+from kiln_operator.reconcile import (
+    Decision,
+    Event,
+    Prepared,
+    decide,
+    decide_invalid,
+    prepare,
+)
+from kiln_operator.retention import build_cleanup_job, plan_cleanup
 from kiln_operator.smoke import smoke_test
+from kiln_operator.store import remove_published
 
 __all__ = ["Reconciler", "register"]
 
@@ -99,6 +108,49 @@ class Reconciler:
         return decision
 
 
+def remove_artifacts(reconciler: Reconciler, body: dict[str, Any], logger: logging.Logger) -> None:
+    """Delete the resource's published plan unless another resource uses it.
+
+    Raises:
+        kopf.TemporaryError: the cleanup Job is still running (kopf calls again).
+        kopf.PermanentError: the cleanup Job failed; the artifacts stay, an Event says so.
+    """
+    api, config = reconciler.api, reconciler.config
+    cleanup = plan_cleanup(body, api.list_resources(), config.default_store)
+    if cleanup.action == "nothing" or cleanup.plan_hash is None or cleanup.store is None:
+        return
+    if cleanup.action == "keep-shared":
+        api.post_event(
+            body,
+            Event(
+                "Normal",
+                "ArtifactsKept",
+                f"plan {cleanup.plan_hash} is still used by "
+                f"{', '.join(cleanup.shared_with)}; its artifacts stay",
+            ),
+        )
+        return
+    namespace = body["metadata"]["namespace"]
+    if remove_published(cleanup.store, cleanup.plan_hash, config.store_mounts, namespace):
+        logger.info("removed artifacts of plan %s", cleanup.plan_hash)
+        return
+    job = build_cleanup_job(body, cleanup.plan_hash, cleanup.store, config)
+    state = api.run_once(job)
+    if state == "Failed":
+        api.post_event(
+            body,
+            Event(
+                "Warning",
+                "ArtifactsNotRemoved",
+                f"Job {job['metadata']['name']} could not remove "
+                f"{cleanup.store}/{cleanup.plan_hash}; remove it by hand",
+            ),
+        )
+        raise kopf.PermanentError("artifact cleanup failed")
+    if state != "Succeeded":
+        raise kopf.TemporaryError("waiting for the artifact cleanup Job", delay=5)
+
+
 def register(
     reconciler: Reconciler, registry: kopf.OperatorRegistry, logger: logging.Logger
 ) -> None:
@@ -126,6 +178,14 @@ def register(
     @kopf.timer(*resource, interval=poll, registry=registry, errors=kopf.ErrorsMode.IGNORED)
     def on_tick(*, name: str, namespace: str | None, **_: Any) -> None:
         converge(namespace or "default", name, periodic=True)
+
+    def retention_is_delete(spec: kopf.Spec, **_: Any) -> bool:
+        return bool((spec.get("artifacts") or {}).get("retention") == "delete")
+
+    # Only resources that asked for it get a deletion handler (and kopf's finalizer for it).
+    @kopf.on.delete(*resource, registry=registry, when=retention_is_delete, retries=60, backoff=5)
+    def on_delete(*, body: kopf.Body, **_: Any) -> None:
+        remove_artifacts(reconciler, dict(body), logger)
 
     optimize = {**_MANAGED, COMPONENT_LABEL: "optimize"}
     serving = {**_MANAGED, COMPONENT_LABEL: "serving"}

@@ -218,6 +218,18 @@ class KubeApi:
             if not _missing(error):
                 raise
 
+    def run_once(self, job: Obj) -> str:
+        """Create a Job if absent; its state: Running, Succeeded or Failed."""
+        namespace = job["metadata"]["namespace"]
+        self._create(job, namespace)
+        current = self._get("Job", namespace, job["metadata"]["name"]) or {}
+        for condition in (current.get("status") or {}).get("conditions") or []:
+            if condition.get("status") == "True" and condition.get("type") == "Complete":
+                return "Succeeded"
+            if condition.get("status") == "True" and condition.get("type") == "Failed":
+                return "Failed"
+        return "Running"
+
     def patch_status(self, body: Obj, status: Obj) -> None:
         """Merge-patch the status subresource when it changed."""
         previous = body.get("status") or {}

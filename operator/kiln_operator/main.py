@@ -84,6 +84,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.connect_timeout = 30
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     settings.execution.max_workers = 8
+    # A timer caught mid-call (it runs in a thread) finishes within a second; look again soon
+    # rather than kopf's default minute, or deleting a resource waits that long.
+    settings.background.instant_exit_timeout = 0.5
+    settings.background.cancellation_polling = 1
     if config.webhook:
         from kiln_operator.webhook import configure_webhook
 

@@ -97,7 +97,7 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [KILN, "operator", "--standalone"],
+            [KILN, "operator", "--standalone", "-v"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -310,3 +310,27 @@ def test_kueue_queue_suspends_the_job_until_admitted(
         '{"spec":{"suspend":false}}',
     )
     _wait_phase(kube, ns, "queued", "Ready", operator)
+
+
+def test_retention_delete_removes_an_unshared_plan_only(
+    kube: Cluster, operator: OperatorProcess, ns: str, store: Path
+) -> None:
+    def body(name: str) -> Obj:
+        return mopt(name, artifacts={"store": "pvc://artifacts/kiln", "retention": "delete"})
+
+    kube.apply(body("keeper"), body("leaver"), namespace=ns)
+    plan_hash = _wait_phase(kube, ns, "leaver", "Ready", operator)["status"]["planHash"]
+    _wait_phase(kube, ns, "keeper", "Ready", operator)
+    published = store / "kiln" / plan_hash
+    published.mkdir(parents=True, exist_ok=True)
+    (published / "manifest.json").write_text("{}")
+
+    # Both resources use the plan: deleting one keeps the artifacts.
+    kube.kubectl("delete", "mopt", "leaver", "-n", ns, "--timeout=60s")
+    assert published.exists()
+    kept = [e for e in _items(kube, "events", ns) if e["reason"] == "ArtifactsKept"]
+    assert kept and "keeper" in kept[0]["message"]
+
+    # The last user going takes them along.
+    kube.kubectl("delete", "mopt", "keeper", "-n", ns, "--timeout=60s")
+    assert not published.exists()

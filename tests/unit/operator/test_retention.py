@@ -1,0 +1,61 @@
+"""retention: delete — which plan goes, which stays, and the Job that removes it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kiln_operator.config import OperatorConfig
+from kiln_operator.retention import build_cleanup_job, plan_cleanup
+from tests.unit.operator.test_builders import assert_restricted
+
+pytestmark = pytest.mark.unit
+
+
+def _body(name: str, plan_hash: str | None, uid: str, serving: str | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": uid},
+        "spec": {"artifacts": {"store": "pvc://artifacts/kiln", "retention": "delete"}},
+        "status": {
+            "planHash": plan_hash,
+            "servingPlanHash": serving,
+            "conditions": [{"type": "Optimized", "status": "True"}] if plan_hash else [],
+        },
+    }
+
+
+def test_unshared_plan_is_removed() -> None:
+    me = _body("a", "h1", "u1")
+    plan = plan_cleanup(me, [me, _body("b", "h2", "u2")], None)
+    assert plan.action == "remove" and plan.plan_hash == "h1"
+    assert plan.store == "pvc://artifacts/kiln"
+
+
+def test_plan_used_by_another_resource_is_kept() -> None:
+    me = _body("a", "h1", "u1")
+    plan = plan_cleanup(me, [me, _body("b", "h9", "u2", serving="h1")], None)
+    assert plan.action == "keep-shared" and plan.shared_with == ("ns/b",)
+
+
+def test_nothing_published_nothing_removed() -> None:
+    assert plan_cleanup(_body("a", None, "u1"), [], None).action == "nothing"
+    unfinished = _body("a", "h1", "u1")
+    unfinished["status"]["conditions"] = [{"type": "Optimized", "status": "False"}]
+    assert plan_cleanup(unfinished, [], None).action == "nothing"
+
+
+def test_cleanup_job_is_restricted_and_short_lived() -> None:
+    job = build_cleanup_job(_body("a", "h1", "u1"), "h1", "pvc://artifacts/kiln", OperatorConfig())
+    spec = job["spec"]
+    assert spec["ttlSecondsAfterFinished"] > 0 and "ownerReferences" not in job["metadata"]
+    pod = spec["template"]["spec"]
+    assert_restricted(pod)
+    assert pod["containers"][0]["args"] == [
+        "delete",
+        "--store",
+        "pvc://artifacts/kiln",
+        "--plan-hash",
+        "h1",
+    ]
+    assert pod["volumes"][1]["persistentVolumeClaim"]["claimName"] == "artifacts"
