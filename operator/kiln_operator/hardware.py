@@ -15,6 +15,7 @@ __all__ = [
     "PRODUCT_LABEL",
     "family_of_product",
     "format_support_problem",
+    "normalize_family",
 ]
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -51,6 +52,16 @@ def family_of_product(product: str) -> str | None:
     return None
 
 
+# GPU feature discovery's `nvidia.com/gpu.family` values that differ from ours.
+_FAMILY_ALIASES = {"ada-lovelace": "ada", "adalovelace": "ada"}
+
+
+def normalize_family(label: str) -> str:
+    """Our name for a `nvidia.com/gpu.family` label value."""
+    lowered = label.strip().lower()
+    return _FAMILY_ALIASES.get(lowered, lowered)
+
+
 def _older(family: str, minimum: str) -> bool:
     return _FAMILY_ORDER.index(family) < _FAMILY_ORDER.index(minimum)
 
@@ -60,7 +71,10 @@ def format_support_problem(
 ) -> str | None:
     """Why `fmt` (and the KV-cache format) cannot run on `family`, or None if it can or if the
     family is unknown (an unknown GPU is not refused)."""
-    if family is None or family not in _FAMILY_ORDER:
+    if family is None:
+        return None
+    family = normalize_family(family)
+    if family not in _FAMILY_ORDER:
         return None
     minimum = FORMAT_MIN_FAMILY.get(fmt)
     if minimum and _older(family, minimum):

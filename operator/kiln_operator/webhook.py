@@ -21,6 +21,7 @@ from kiln_operator.hardware import (
     PRODUCT_LABEL,
     family_of_product,
     format_support_problem,
+    normalize_family,
 )
 from kiln_operator.kube import KubeApi
 from kiln_operator.reconcile import Prepared, prepare
@@ -41,7 +42,7 @@ def _node_family(api: KubeApi, product: str) -> str | None:
     for node in nodes.items:
         family = ((node.metadata and node.metadata.labels) or {}).get(FAMILY_LABEL)
         if family:
-            return family.lower()
+            return normalize_family(family)
     return None
 
 
@@ -77,6 +78,7 @@ def configure_webhook(settings: kopf.OperatorSettings, config: OperatorConfig) -
         host=host,
         certfile=str(cert_dir / "tls.crt") if cert_dir else None,
         pkeyfile=str(cert_dir / "tls.key") if cert_dir else None,
+        cafile=str(cert_dir / "ca.crt") if cert_dir and (cert_dir / "ca.crt").exists() else None,
     )
     if config.webhook_url:
         # No Service in front of the operator (tests, or an API server without kube-proxy):

@@ -50,3 +50,8 @@ def test_unknown_family_is_not_refused() -> None:
 def test_kv_cache_suggestion_lists_only_what_runs() -> None:
     problem = format_support_problem("int4_awq", "hopper", kv_cache="nvfp4")
     assert problem and problem.endswith("choose kvCache: none or fp8")
+
+
+def test_gpu_feature_discovery_family_names() -> None:
+    assert format_support_problem("nvfp4", "ada-lovelace")
+    assert format_support_problem("fp8", "ada-lovelace") is None

@@ -1,0 +1,168 @@
+"""The validating webhook on a real API server: refusals at `kubectl apply` time."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.kube import Cluster
+from tests.integration.operator.harness import OperatorProcess, mopt, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _certificates(directory: Path) -> Path:
+    """A CA and a serving certificate for 127.0.0.1 (what the chart generates in a cluster)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=kiln-webhook-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    )
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "tls.crt",
+    )
+    return directory
+
+
+@pytest.fixture(scope="module")
+def webhook_operator(
+    kube: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    workdir = tmp_path_factory.mktemp("webhook")
+    port = _free_port()
+    process = OperatorProcess(
+        kube,
+        workdir,
+        webhook="true",
+        webhook_port=str(port),
+        webhook_cert_dir=str(_certificates(workdir)),
+        webhook_url=f"https://127.0.0.1:{port}",
+        default_store="pvc://artifacts/kiln",
+    ).start()
+    wait_until(
+        "the webhook configuration",
+        lambda: (
+            kube.kubectl(
+                "get",
+                "validatingwebhookconfiguration",
+                "validate.modeloptimizations.kiln.dev",
+                check=False,
+            ).returncode
+            == 0
+        ),
+        describe=process.log,
+    )
+    yield process
+    process.stop()
+    kube.kubectl(
+        "delete",
+        "validatingwebhookconfiguration",
+        "validate.modeloptimizations.kiln.dev",
+        check=False,
+    )
+
+
+def _apply(kube: Cluster, namespace: str, body: dict) -> subprocess.CompletedProcess[str]:
+    return kube.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body), check=False
+    )
+
+
+def test_webhook_refuses_what_the_schema_allows(
+    kube: Cluster, webhook_operator: OperatorProcess, namespace: str
+) -> None:
+    body = mopt(
+        "backwards", techniques=[{"ptq": {"format": "fp8"}}, {"pruneDistill": {"targetLayers": 20}}]
+    )
+    proc = wait_until(
+        "the webhook to answer",
+        lambda: (p := _apply(kube, namespace, body)) and "admission webhook" in p.stderr and p,
+        describe=webhook_operator.log,
+    )
+    assert proc.returncode != 0
+    assert "spec.techniques[1].pruneDistill: prune before quantizing" in proc.stderr
+
+
+def test_webhook_refuses_nvfp4_on_hopper(
+    kube: Cluster, webhook_operator: OperatorProcess, namespace: str
+) -> None:
+    body = mopt(
+        "fp4",
+        techniques=[{"ptq": {"format": "nvfp4"}}],
+        resources={"gpuProduct": "NVIDIA-H100-80GB-HBM3"},
+    )
+    proc = _apply(kube, namespace, body)
+    assert proc.returncode != 0 and "needs an NVIDIA Blackwell" in proc.stderr
+
+
+def test_webhook_reads_the_gpu_family_from_node_labels(
+    kube: Cluster, webhook_operator: OperatorProcess, namespace: str
+) -> None:
+    from tests.cluster.nodes import GpuProduct
+
+    kube.add_node(
+        "gpu-mystery-0", gpu=GpuProduct("Vendor-Mystery-Card", 24576, "ampere", 8, 6), gpus=2
+    )
+    body = mopt("mystery", resources={"gpuProduct": "Vendor-Mystery-Card"})
+    proc = _apply(kube, namespace, body)
+    assert proc.returncode != 0
+    assert "fp8 needs an NVIDIA Ada or newer GPU, but Vendor-Mystery-Card is Ampere" in proc.stderr
+
+
+def test_webhook_admits_a_good_spec(
+    kube: Cluster, webhook_operator: OperatorProcess, namespace: str
+) -> None:
+    proc = _apply(kube, namespace, mopt("fine"))
+    assert proc.returncode == 0, proc.stderr
