@@ -42,41 +42,71 @@ def test_no_status_yet() -> None:
 
 
 def test_old_generation_is_progressing_even_if_ready() -> None:
-    status, message = health(_obj(3, observedGeneration=2, phase="Ready",
-                                  conditions=[_c("Ready", "True")]))
+    status, message = health(
+        _obj(3, observedGeneration=2, phase="Ready", conditions=[_c("Ready", "True")])
+    )
     assert status == "Progressing" and "generation 3" in message
 
 
 def test_ready_is_healthy() -> None:
-    obj = _obj(observedGeneration=2, phase="Ready",
-               conditions=[_c("Ready", "True", "SmokeTestPassed", "serving at http://m:8000"),
-                           _c("Reconciling", "False"), _c("Stalled", "False")])
+    obj = _obj(
+        observedGeneration=2,
+        phase="Ready",
+        conditions=[
+            _c("Ready", "True", "SmokeTestPassed", "serving at http://m:8000"),
+            _c("Reconciling", "False"),
+            _c("Stalled", "False"),
+        ],
+    )
     assert health(obj) == ("Healthy", "serving at http://m:8000")
 
 
 def test_stalled_is_degraded_with_the_reason() -> None:
-    obj = _obj(observedGeneration=2, phase="Failed",
-               conditions=[_c("Ready", "False"), _c("Reconciling", "False"),
-                           _c("Stalled", "True", "AccuracyGateFailed", "perplexity rose 57%")])
+    obj = _obj(
+        observedGeneration=2,
+        phase="Failed",
+        conditions=[
+            _c("Ready", "False"),
+            _c("Reconciling", "False"),
+            _c("Stalled", "True", "AccuracyGateFailed", "perplexity rose 57%"),
+        ],
+    )
     assert health(obj) == ("Degraded", "perplexity rose 57%")
 
 
 @pytest.mark.parametrize(
     ("phase", "reason"),
-    [("Pending", "JobCreated"), ("Optimizing", "JobRunning"), ("Deploying", "RollingOut"),
-     ("Deploying", "SmokeTesting"), ("Queued", "Unschedulable"), ("Queued", "WaitingForSlot")],
+    [
+        ("Pending", "JobCreated"),
+        ("Optimizing", "JobRunning"),
+        ("Deploying", "RollingOut"),
+        ("Deploying", "SmokeTesting"),
+        ("Queued", "Unschedulable"),
+        ("Queued", "WaitingForSlot"),
+    ],
 )
 def test_work_in_progress_is_progressing(phase: str, reason: str) -> None:
-    obj = _obj(observedGeneration=2, phase=phase,
-               conditions=[_c("Ready", "False", reason), _c("Stalled", "False", reason),
-                           _c("Reconciling", "True", reason, f"{reason} now")])
+    obj = _obj(
+        observedGeneration=2,
+        phase=phase,
+        conditions=[
+            _c("Ready", "False", reason),
+            _c("Stalled", "False", reason),
+            _c("Reconciling", "True", reason, f"{reason} now"),
+        ],
+    )
     assert health(obj) == ("Progressing", f"{reason} now")
 
 
 def test_kueue_suspended_job_is_progressing_and_says_queued() -> None:
-    obj = _obj(observedGeneration=2, phase="Queued",
-               conditions=[_c("Ready", "False", "Queued"),
-                           _c("Reconciling", "True", "Queued", "suspended until Kueue admits it")])
+    obj = _obj(
+        observedGeneration=2,
+        phase="Queued",
+        conditions=[
+            _c("Ready", "False", "Queued"),
+            _c("Reconciling", "True", "Queued", "suspended until Kueue admits it"),
+        ],
+    )
     status, message = health(obj)
     assert status == "Progressing" and message.startswith("Queued: ")
 
