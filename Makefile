@@ -39,15 +39,15 @@ test: venv kube-tools cluster-bins
 kube-tools: venv
 	@$(BIN)/python tests/cluster/install_kube_tools.py --bin-dir $(BIN)
 
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok from pinned Go
-# modules (~10 min cold on 2 cores; a no-op when .cache/cluster is current).
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and Kueue from pinned Go
+# modules (~15 min cold on 2 idle cores, Kueue ~5 of them; a no-op when .cache/cluster is current).
 cluster-bins:
-	@tests/cluster/build.sh
+	@tests/cluster/build.sh --kueue
 
 # The test cluster in the foreground: one line KUBECONFIG=/abs/path on stdout once it is
-# ready, stopped cleanly by Ctrl-C or SIGTERM.
+# ready, stopped cleanly by Ctrl-C or SIGTERM. CLUSTER_ARGS="--kueue --local-exec-node" adds more.
 cluster: venv kube-tools cluster-bins
-	@$(BIN)/python -m tests.cluster.kube
+	@$(BIN)/python -m tests.cluster.kube $(CLUSTER_ARGS)
 
 demo: venv
 	$(BIN)/kiln run -f examples/quickstart.yaml

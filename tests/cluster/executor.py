@@ -14,6 +14,9 @@ then reports the real exit code and termination message (the file at the contain
 the pods are for, and runs nothing but those pods' commands. Only ``restartPolicy: Never`` pods
 are run; others are left Running to kwok. Init containers and sidecars are not run.
 
+The same process runs the test-only PV provisioner (``provisioner.py``) for claims of the default
+StorageClass, so operator-created PVCs bind and map to the same directories.
+
 Run by the cluster launcher: ``python -m tests.cluster.executor --kubeconfig K --run-dir D``.
 """
 
@@ -38,6 +41,7 @@ from typing import Any
 
 from tests.cluster.nodes import LOCAL_EXEC_LABEL
 from tests.cluster.procs import RUN_MARKER, kill_processes_with_env
+from tests.cluster.provisioner import Provisioner
 
 __all__ = [
     "PodRun",
@@ -437,6 +441,7 @@ class Executor:
     def __init__(self, core: Any, run_dir: Path, label: str = f"{LOCAL_EXEC_LABEL}=true") -> None:
         self.core = core
         self.run_dir = run_dir
+        self.provisioner = Provisioner(core, run_dir)
         self.label = label
         self.runs: dict[str, PodRun] = {}
         self.threads: list[threading.Thread] = []
@@ -491,6 +496,7 @@ class Executor:
         while not self.shutdown.wait(interval):
             try:
                 self.poll()
+                self.provisioner.poll()
             except Exception as exc:  # the API server may be restarting; try again
                 log.warning("poll failed: %s", exc)
         for run in self.runs.values():

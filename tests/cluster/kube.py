@@ -32,6 +32,7 @@ from tests.cluster import nodes as nodes_mod
 from tests.cluster.nodes import DEFAULT_NODES, NodeSpec, node_manifest
 from tests.cluster.pki import Pki, make_pki
 from tests.cluster.procs import Supervisor, free_port, reap_stale_runs
+from tests.cluster.provisioner import storage_class
 from tests.cluster.stages import LOCAL_EXEC_NODE_PREFIX, write_kwok_config
 
 __all__ = [
@@ -214,8 +215,7 @@ class Cluster:
         }
         self._start_kwok(bin_dir, stages_dir)
         self._install_crds()
-        for spec in self._nodes:
-            self.add_node(spec, wait=False)
+        self.apply(storage_class(), *(node_manifest(spec) for spec in self._nodes))
         if self._with_executor:
             self._start_executor()
         for name, url in health.items():
@@ -625,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-executor", action="store_true", help="do not run the local executor")
     parser.add_argument("--no-crds", action="store_true", help="do not install crds/")
     parser.add_argument("--local-exec-node", action="store_true", help="add node local-exec-0")
+    parser.add_argument("--kueue", action="store_true", help="install and run Kueue")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -640,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.local_exec_node:
             cluster.add_local_exec_node()
+        if args.kueue:
+            cluster.enable_kueue()
         print(f"KUBECONFIG={cluster.kubeconfig}", flush=True)
         while not stop.wait(1):
             cluster._alive()

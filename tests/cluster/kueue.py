@@ -15,6 +15,8 @@ things differ from a stock install, both because there is no Service network her
 from __future__ import annotations
 
 import copy
+import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +103,26 @@ def serving_cert(pki: Pki, directory: Path) -> Path:
     return directory
 
 
+def _podns_spec(
+    run_dir: Path, cert_dir: Path, argv: list[str], env: dict[str, str]
+) -> dict[str, Any]:
+    # Kueue reads its metrics certificate from a fixed /etc/kueue/metrics/certs when its own
+    # certificate management is off; it gets that path in a private mount namespace (podns.py)
+    # instead of on the host.
+    base = run_dir / "kueue"
+    for name in ("root", "upper", "work", "tmp"):
+        (base / name).mkdir(parents=True, exist_ok=True)
+    mounts = [
+        {"source": str(cert_dir), "target": "/etc/kueue/metrics/certs", "read_only": True},
+        {"source": str(run_dir), "target": str(run_dir), "read_only": False},
+    ]
+    return {
+        "root": str(base / "root"), "upper": str(base / "upper"), "work": str(base / "work"),
+        "tmp": str(base / "tmp"), "mounts": mounts, "workdir": "/", "argv": argv, "env": env,
+        "uid": None, "gid": None,
+    }  # fmt: skip
+
+
 def start(cluster: Cluster, bin_dir: Path, kueue_dir: Path) -> None:
     """Install Kueue's CRDs and webhooks and start its manager; return once it is ready."""
     import base64
@@ -119,10 +141,22 @@ def start(cluster: Cluster, bin_dir: Path, kueue_dir: Path) -> None:
     cert_dir = serving_cert(pki, cluster.run_dir / "kueue" / "certs")
     config = cluster.run_dir / "kueue" / "config.yaml"
     config.write_text(yaml.safe_dump(kueue_config(webhook, health, metrics, cert_dir)))
+    argv = [
+        str(bin_dir / "kueue"),
+        f"--config={config}",
+        f"--kubeconfig={cluster.kubeconfig}",
+        # The on-demand visibility API is an aggregated API server; nothing here needs it.
+        "--feature-gates=VisibilityOnDemand=false",
+        f"--visibility-server-port={free_port()}",
+    ]
+    spec = _podns_spec(cluster.run_dir, cert_dir, argv, sup.env())
+    spec_path = cluster.run_dir / "kueue" / "podns.json"
+    spec_path.write_text(json.dumps(spec))
+    podns = Path(__file__).with_name("podns.py")
     sup.start(
         "kueue",
-        [str(bin_dir / "kueue"), f"--config={config}", f"--visibility-server-port={free_port()}",
-         "--feature-gates=VisibilityOnDemand=false", f"--kubeconfig={cluster.kubeconfig}"],
+        ["unshare", "--mount", "--propagation", "private", "--", sys.executable, str(podns),
+         str(spec_path)],
     )  # fmt: skip
     url = f"http://127.0.0.1:{health}/readyz"
     kube_mod._wait("kueue /readyz", lambda: kube_mod._http_ok(url, None), 60, cluster._alive)

@@ -8,6 +8,7 @@ so the suite needs no extra Python dependency for this.
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,8 @@ def _sign(ca: CertPair, directory: Path, name: str, subject: str, extensions: st
     _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
     _openssl(
         "x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key),
-        "-CAcreateserial", "-out", str(cert), "-days", "30", "-extfile", str(ext),
+        "-set_serial", f"0x{secrets.token_hex(16)}",
+        "-out", str(cert), "-days", "30", "-extfile", str(ext),
     )  # fmt: skip
     return CertPair(cert, key)
 

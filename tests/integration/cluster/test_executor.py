@@ -160,3 +160,30 @@ def test_deleting_the_job_stops_the_process(
     while any(is_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(is_alive(pid) for pid in pids), "the pod's processes outlived the pod"
+
+
+def test_default_storage_class_provisions_the_directory_the_executor_mounts(
+    kube: Cluster, namespace: str, local_exec_node: str
+) -> None:
+    # A claim as an operator would write it: no class (the default one applies), no volume.
+    kube.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "cache"},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": "5Gi"}}}},
+               namespace=namespace)  # fmt: skip
+    kube.wait_for("pvc/cache", namespace, jsonpath="{.status.phase}=Bound")
+    claim = kube.get("pvc", "cache", namespace)
+    assert claim["spec"]["storageClassName"] == "kiln-local"
+    script = "open('/cache/hello.txt', 'w').write('from the pod')"
+    manifest = _local_job("writer", ["python", "-c", script],
+                          volumeMounts=[{"name": "cache", "mountPath": "/cache"}])  # fmt: skip
+    manifest["spec"]["template"]["spec"]["volumes"] = [  # type: ignore[index]
+        {"name": "cache", "persistentVolumeClaim": {"claimName": "cache"}}
+    ]
+    kube.apply(manifest, namespace=namespace)
+    kube.wait_for("job/writer", namespace, condition="Complete", timeout=90)
+    assert (kube.pvc_dir(namespace, "cache") / "hello.txt").read_text() == "from the pod"
+
+    pv = claim["spec"]["volumeName"]
+    kube.kubectl("delete", "job", "writer", "-n", namespace, "--cascade=foreground")
+    kube.kubectl("delete", "pvc", "cache", "-n", namespace)
+    kube.kubectl("wait", "--for=delete", f"pv/{pv}", "--timeout=60s")

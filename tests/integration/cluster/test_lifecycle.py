@@ -59,11 +59,19 @@ def _sessions(run_dir: Path) -> list[int]:
     return [int(p.read_text().split()[0]) for p in (run_dir / "pids").glob("*.pid")]
 
 
-def _port_open(server: str) -> bool:
+def _port_open(server: str, grace: float = 5) -> bool:
+    """Whether something still listens there after ``grace`` seconds (a dying process may
+    take a moment to release its sockets)."""
     host, port = server.removeprefix("https://").split(":")
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex((host, int(port))) == 0
+    deadline = time.monotonic() + grace
+    while True:
+        with socket.socket() as sock:
+            sock.settimeout(1)
+            if sock.connect_ex((host, int(port))) != 0:
+                return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
 
 
 def test_clean_stop_leaves_no_process(tmp_path: Path) -> None:
@@ -113,6 +121,8 @@ def test_killed_launcher_leaves_nothing_the_next_start_does_not_reap(tmp_path: P
     deadline = time.monotonic() + 15
     while processes_of_run(run_dir, sessions) != [daemon] and time.monotonic() < deadline:
         time.sleep(0.1)
+    left = processes_of_run(run_dir, sessions)
+    assert left == [daemon], [Path(f"/proc/{p}/cmdline").read_text() for p in left]
     assert not _port_open(server)
     # Only the daemon that escaped its session is left; the next start reaps it and the run.
     assert processes_of_run(run_dir, sessions) == [daemon]
