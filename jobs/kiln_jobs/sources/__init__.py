@@ -1,0 +1,1 @@
+"""Where models, data and artifacts come from and go to: URIs, S3, model and data loaders."""
