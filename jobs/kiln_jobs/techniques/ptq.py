@@ -1,0 +1,179 @@
+"""Post-training quantization with Model Optimizer (`modelopt.torch.quantization`).
+
+| format     | Model Optimizer config  | algorithm                  | exported `quant_algo` |
+|------------|-------------------------|----------------------------|-----------------------|
+| `fp8`      | `FP8_DEFAULT_CFG`       | max calibration            | `FP8`                 |
+| `int8_sq`  | `INT8_SMOOTHQUANT_CFG`  | SmoothQuant                | `W8A8_SQ_PER_CHANNEL` |
+| `int4_awq` | `INT4_AWQ_CFG`          | AWQ-lite, weight-only      | `W4A16_AWQ`           |
+| `w4a8_awq` | `W4A8_AWQ_BETA_CFG`     | AWQ-lite, FP8 activations  | `W4A8_AWQ`            |
+| `nvfp4`    | `NVFP4_DEFAULT_CFG`     | max calibration            | `NVFP4`               |
+
+`kv_cache` adds `FP8_KV_CFG` or `NVFP4_KV_CFG` (keys and values quantized after RoPE).
+
+AWQ formats quantize weights in blocks along the input dimension, and the exporter packs only
+whole blocks: the block size must divide every quantized layer's input width (SmolLM2's 576
+rules out 128). With no block size in the Plan the largest of 128, 64 and 32 that fits is taken;
+a block size that does not fit is refused before calibration.
+
+Formats the accelerator cannot run are refused by `preflight` before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+from typing import Any
+
+import modelopt.torch.quantization as mtq
+import torch
+from modelopt.torch.quantization.utils.core_utils import update_quant_cfg_with_kv_cache_quant
+
+from kiln_jobs import hardware
+from kiln_jobs.errors import UnsupportedHardware, UserError
+from kiln_jobs.plan import PTQPlan
+from kiln_jobs.sources.data import blocks_digest
+from kiln_jobs.techniques.context import TechniqueContext, TechniqueOutcome
+
+__all__ = [
+    "AWQ_FORMATS",
+    "BLOCK_SIZE_CHOICES",
+    "FORMAT_CONFIGS",
+    "KV_CACHE_CONFIGS",
+    "build_config",
+    "preflight",
+    "resolve_block_size",
+    "run",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_CONFIGS = {
+    "fp8": "FP8_DEFAULT_CFG",
+    "int8_sq": "INT8_SMOOTHQUANT_CFG",
+    "int4_awq": "INT4_AWQ_CFG",
+    "w4a8_awq": "W4A8_AWQ_BETA_CFG",
+    "nvfp4": "NVFP4_DEFAULT_CFG",
+}
+KV_CACHE_CONFIGS = {"fp8": "FP8_KV_CFG", "nvfp4": "NVFP4_KV_CFG"}
+AWQ_FORMATS = frozenset({"int4_awq", "w4a8_awq"})
+BLOCK_SIZE_CHOICES = (128, 64, 32)
+# How many times each algorithm runs the calibration data through the model (for progress).
+_CALIBRATION_PASSES = {"int4_awq": 2, "w4a8_awq": 4}
+
+
+def preflight(spec: PTQPlan, accelerator: hardware.Accelerator) -> None:
+    """Refuse, before any work, a format this accelerator cannot produce or serve."""
+    problem = hardware.format_problem(spec.format, spec.kv_cache, accelerator)
+    if problem:
+        raise UnsupportedHardware(f"ptq: {problem}")
+
+
+def run(ctx: TechniqueContext, spec: PTQPlan) -> TechniqueOutcome:
+    """Calibrate and fake-quantize `ctx.model` in place."""
+    preflight(spec, hardware.detect())
+    block_size = resolve_block_size(ctx.model, spec) if spec.format in AWQ_FORMATS else None
+    config = build_config(spec, block_size)
+    blocks = ctx.token_blocks(spec.calibration, "calibration")
+    device = next(ctx.model.parameters()).device
+    passes = _CALIBRATION_PASSES.get(spec.format, 1)
+    done = 0
+
+    def forward_loop(model: Any) -> None:
+        nonlocal done
+        with torch.no_grad():
+            for row in blocks:
+                model(input_ids=row[None].to(device))
+                done += 1
+                percent = min(99.0, 100.0 * done / (passes * len(blocks)))
+                ctx.progress(percent, f"calibrating {spec.format}: {done} sequences")
+
+    ctx.model.eval()
+    model = mtq.quantize(ctx.model, config, forward_loop)
+    ctx.progress(100.0, f"{spec.format} calibrated on {len(blocks)} sequences")
+    checkpoint: dict[str, Any] = {"calibration_digest": blocks_digest(blocks)}
+    if block_size is not None:
+        checkpoint["group_size"] = block_size
+    metrics: dict[str, float | int | str] = {
+        "calibration_samples": len(blocks),
+        "calibration_tokens": blocks.numel(),
+    }
+    if block_size is not None:
+        metrics["block_size"] = block_size
+    return TechniqueOutcome(model=model, metrics=metrics, checkpoint=checkpoint)
+
+
+def build_config(spec: PTQPlan, block_size: int | None = None) -> dict[str, Any]:
+    """The Model Optimizer quantization config for a PTQ plan."""
+    config = copy.deepcopy(getattr(mtq, FORMAT_CONFIGS[spec.format]))
+    if block_size is not None:
+        for entry in config["quant_cfg"]:
+            if entry.get("quantizer_name") == "*weight_quantizer":
+                for part in _parts(entry.get("cfg")):
+                    if "block_sizes" in part:
+                        part["block_sizes"] = {**part["block_sizes"], -1: block_size}
+    config["quant_cfg"] = list(config["quant_cfg"]) + [
+        {"quantizer_name": _quantizer_pattern(p), "enable": False} for p in spec.exclude_modules
+    ]
+    if spec.kv_cache != "none":
+        kv = getattr(mtq, KV_CACHE_CONFIGS[spec.kv_cache])
+        config = update_quant_cfg_with_kv_cache_quant(config, kv["quant_cfg"])
+    return config
+
+
+def resolve_block_size(model: torch.nn.Module, spec: PTQPlan) -> int:
+    """The AWQ block size: the Plan's if it divides every quantized input width, else refused;
+    with none in the Plan, the largest of `BLOCK_SIZE_CHOICES` that does."""
+    widths = _quantized_input_widths(model, spec)
+    if not widths:
+        raise UserError("ptq: no Linear layer is left to quantize after exclude_modules")
+    if spec.block_size is not None:
+        misfits = {name: w for name, w in widths.items() if w % spec.block_size}
+        if misfits:
+            name, width = next(iter(misfits.items()))
+            fitting = [b for b in BLOCK_SIZE_CHOICES if all(w % b == 0 for w in widths.values())]
+            hint = f"use block_size {fitting[0]}" if fitting else "exclude those layers"
+            raise UserError(
+                f"ptq: block_size {spec.block_size} does not divide the input width {width} of "
+                f"{name} ({len(misfits)} layers); partial blocks cannot be exported: {hint}"
+            )
+        return spec.block_size
+    for size in BLOCK_SIZE_CHOICES:
+        if all(width % size == 0 for width in widths.values()):
+            if size != BLOCK_SIZE_CHOICES[0]:
+                log.info("ptq: AWQ block size %d (divides every quantized input width)", size)
+            return size
+    odd = sorted(set(widths.values()))
+    raise UserError(
+        f"ptq: no AWQ block size among {BLOCK_SIZE_CHOICES} divides the input widths {odd}; "
+        "set block_size explicitly or exclude those layers"
+    )
+
+
+def _quantized_input_widths(model: torch.nn.Module, spec: PTQPlan) -> dict[str, int]:
+    """Input width of every Linear the config quantizes, by module name."""
+    config = build_config(spec.model_copy(update={"kv_cache": "none"}))
+    disabled = [
+        entry["quantizer_name"]
+        for entry in config["quant_cfg"]
+        if entry.get("enable") is False
+        and "parent_class" not in entry
+        and entry["quantizer_name"] != "*"
+    ]
+    return {
+        name: module.in_features
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and not any(fnmatch.fnmatch(f"{name}.weight_quantizer", p) for p in disabled)
+    }
+
+
+def _quantizer_pattern(module_pattern: str) -> str:
+    """A module-name glob as a quantizer-name glob (quantizers live under their module)."""
+    return module_pattern if module_pattern.endswith("*") else f"{module_pattern}.*"
+
+
+def _parts(cfg: Any) -> list[dict[str, Any]]:
+    if isinstance(cfg, dict):
+        return [cfg]
+    return [part for part in cfg or [] if isinstance(part, dict)]
