@@ -1,0 +1,119 @@
+"""`python -m kiln_jobs`: the optimization Job's entry point.
+
+    python -m kiln_jobs run --plan plan.json --workdir DIR \\
+        [--progress-file FILE] [--termination-log /dev/termination-log]
+    python -m kiln_jobs plan-hash --plan plan.json
+
+Exit codes are `kiln_jobs.errors.ExitCode`: 0 on success, a distinct code per user-facing failure
+(one line on stderr, no traceback), 1 with a traceback for anything else (a bug). The termination
+log receives a `JobResult` either way. Progress lines go to stdout (see `kiln_jobs.progress`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from kiln_jobs.errors import ExitCode, KilnJobError, SourceNotFound, UserError
+from kiln_jobs.manifest import JobResult
+from kiln_jobs.plan import Plan
+
+__all__ = ["main"]
+
+log = logging.getLogger("kiln_jobs")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, run it, and return the process exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "plan-hash":
+            print(read_plan(args.plan).hash())
+            return ExitCode.OK
+        return _run(args)
+    except KilnJobError as err:
+        print(f"kiln: {err.reason}: {err.message}", file=sys.stderr)
+        return int(err.exit_code)
+    except Exception:
+        traceback.print_exc()
+        return int(ExitCode.BUG)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kiln_jobs", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a Plan end to end and publish its artifacts")
+    run.add_argument("--plan", type=Path, required=True, help="the Plan as JSON")
+    run.add_argument("--workdir", type=Path, required=True, help="scratch that survives restarts")
+    run.add_argument("--progress-file", type=Path, help="rewritten with the latest progress")
+    run.add_argument("--termination-log", type=Path, help="where the JobResult is written")
+    plan_hash = commands.add_parser("plan-hash", help="print a Plan's hash (its artifacts' key)")
+    plan_hash.add_argument("--plan", type=Path, required=True, help="the Plan as JSON")
+    return parser
+
+
+def read_plan(path: Path) -> Plan:
+    """Parse a Plan file; a missing or invalid one is a user error with one clear line."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError as err:
+        raise SourceNotFound(f"plan file {path} does not exist") from err
+    try:
+        return Plan.from_json(text)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(root)"
+        raise UserError(
+            f"{path} is not a valid Plan: {where}: {first['msg']} ({err.error_count()} errors)"
+        ) from err
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here: torch and Model Optimizer take seconds to import and `plan-hash` needs neither.
+    from kiln_jobs.progress import ProgressLog
+    from kiln_jobs.runner import Run
+
+    run: Run | None = None
+    try:
+        run = Run(read_plan(args.plan), args.workdir, ProgressLog(args.progress_file))
+        result = run.execute()
+    except KilnJobError as err:
+        failed = JobResult(ok=False, plan_hash="", reason=err.reason, message=err.message)
+        _terminate(args.termination_log, run.job_result(err) if run else failed)
+        raise
+    except Exception as err:
+        message = f"{type(err).__name__}: {err}"[:1000]
+        plan_hash = run.plan_hash if run else ""
+        _terminate(
+            args.termination_log,
+            JobResult(ok=False, plan_hash=plan_hash, reason="Bug", message=message),
+        )
+        raise
+    _terminate(args.termination_log, result.job_result())
+    where = result.published_dir or result.published_uri
+    log.info("%s %s", "already published at" if result.reused else "published", where)
+    return ExitCode.OK
+
+
+def _terminate(path: Path | None, result: JobResult) -> None:
+    if path is None:
+        return
+    try:
+        path.write_text(result.to_termination_message())
+    except OSError as err:
+        log.warning("cannot write the termination log %s: %s", path, err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Publish: artifacts appear under `<store>/<plan hash>/` whole with `manifest.json`, or not at all.
+
+A present `manifest.json` means the work is done: the runner checks for it first and a re-run of
+the same Plan returns the existing manifest without touching anything (the operator's cache).
+
+Stores:
+
+- `file:///dir` and `pvc://claim/dir` are directories. Artifacts are written into a staging
+  directory inside the store (`.staging-<hash>-<id>`, same filesystem), every file gets a sha256
+  digest, `manifest.json` is written last, and one `rename` moves the staging directory to
+  `<hash>/`. A reader sees the old state or the whole new one. A run killed half-way leaves only
+  a staging directory, which the next run for the same hash removes.
+- `s3://bucket/prefix` has no rename: artifacts are staged on local disk, uploaded file by file,
+  and `manifest.json` is uploaded last. Readers treat a prefix without a manifest as absent, so
+  the manifest's single atomic PUT is the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from kiln_jobs.errors import UserError
+from kiln_jobs.manifest import MANIFEST_FILE, FileDigest, Manifest
+from kiln_jobs.sources import s3
+from kiln_jobs.sources.uri import local_path, parse_uri
+
+__all__ = [
+    "DirectoryStore",
+    "ObjectStore",
+    "Published",
+    "Store",
+    "digest_files",
+    "open_store",
+    "sha256_file",
+]
+
+log = logging.getLogger(__name__)
+
+_STALE_STAGING_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class Published:
+    """Where a plan's artifacts are: a URI, and a local directory when the store has one."""
+
+    uri: str
+    directory: Path | None
+    manifest: Manifest
+
+
+class Store(Protocol):
+    """An artifact store, keyed by plan hash."""
+
+    def existing(self, plan_hash: str) -> Published | None:
+        """The published artifacts of `plan_hash`, if a manifest is present."""
+        ...
+
+    def staging(self, plan_hash: str) -> Path:
+        """A fresh, empty local directory to write the artifacts into."""
+        ...
+
+    def commit(self, staging: Path, manifest: Manifest) -> Published:
+        """Write `manifest` last and make the staged artifacts visible as a whole."""
+        ...
+
+    def discard(self, staging: Path) -> None:
+        """Remove a staging directory that will not be committed."""
+        ...
+
+
+def open_store(uri: str, workdir: Path) -> Store:
+    """The store for an `output.store` URI; `workdir` holds local staging for remote stores."""
+    parsed = parse_uri(uri)
+    if parsed.scheme in ("file", "pvc"):
+        return DirectoryStore(local_path(parsed), uri=uri.rstrip("/"))
+    if parsed.scheme == "s3":
+        bucket, prefix = s3.split(parsed)
+        return ObjectStore(s3.open_bucket(bucket), prefix, uri.rstrip("/"), workdir / "staging")
+    raise UserError(f"output.store {uri}: artifacts go to file://, pvc:// or s3://")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def digest_files(directory: Path) -> list[FileDigest]:
+    """A digest of every file under `directory` except the manifest, in path order."""
+    return [
+        FileDigest(
+            path=path.relative_to(directory).as_posix(),
+            sha256=sha256_file(path),
+            size_bytes=path.stat().st_size,
+        )
+        for path in sorted(p for p in directory.rglob("*") if p.is_file())
+        if path.relative_to(directory).as_posix() != MANIFEST_FILE
+    ]
+
+
+class DirectoryStore:
+    """A store on a local or mounted filesystem (`file://`, `pvc://`)."""
+
+    def __init__(self, root: Path, *, uri: str | None = None) -> None:
+        self.root = root
+        self.uri = uri or root.as_uri()
+
+    def existing(self, plan_hash: str) -> Published | None:
+        """See `Store.existing`."""
+        final = self.root / plan_hash
+        manifest = _parse_manifest(_read(final / MANIFEST_FILE), f"{self.uri}/{plan_hash}")
+        if manifest is None:
+            return None
+        return Published(f"{self.uri}/{plan_hash}", final, manifest)
+
+    def staging(self, plan_hash: str) -> Path:
+        """See `Store.staging`."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_staging(plan_hash)
+        path = self.root / f".staging-{plan_hash}-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        return path
+
+    def commit(self, staging: Path, manifest: Manifest) -> Published:
+        """See `Store.commit`: manifest last, then one atomic rename."""
+        _write_manifest(staging, manifest)
+        final = self.root / manifest.plan_hash
+        for _ in range(2):
+            try:
+                os.rename(staging, final)
+                break
+            except OSError:
+                # Someone else finished first, or something that is not a publish is in the way.
+                if self.existing(manifest.plan_hash) is not None:
+                    log.info("%s was published meanwhile; keeping it", final)
+                    self.discard(staging)
+                    break
+                aside = self.root / f".stale-{manifest.plan_hash}-{uuid.uuid4().hex[:8]}"
+                log.warning("%s holds no manifest; moving it to %s", final, aside)
+                os.rename(final, aside)
+        _fsync_dir(self.root)
+        published = self.existing(manifest.plan_hash)
+        if published is None:
+            raise RuntimeError(f"publish of {final} did not leave a manifest")
+        return published
+
+    def discard(self, staging: Path) -> None:
+        """See `Store.discard`."""
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _remove_stale_staging(self, plan_hash: str) -> None:
+        """Remove staging directories of killed runs (old enough not to be a live one)."""
+        now = time.time()
+        for path in self.root.glob(f".staging-{plan_hash}-*"):
+            if now - path.stat().st_mtime > _STALE_STAGING_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+class ObjectStore:
+    """A store in an S3 bucket (any obstore store works, for tests)."""
+
+    def __init__(self, store: Any, prefix: str, uri: str, staging_root: Path) -> None:
+        self.store = store
+        self.prefix = prefix.strip("/")
+        self.uri = uri
+        self.staging_root = staging_root
+
+    def _key(self, plan_hash: str, relative: str) -> str:
+        return "/".join(part for part in (self.prefix, plan_hash, relative) if part)
+
+    def existing(self, plan_hash: str) -> Published | None:
+        """See `Store.existing`."""
+        key = self._key(plan_hash, MANIFEST_FILE)
+        text = s3.read_bytes(self.store, key, what=f"{self.uri}/{plan_hash}")
+        manifest = _parse_manifest(text, f"{self.uri}/{plan_hash}")
+        return None if manifest is None else Published(f"{self.uri}/{plan_hash}", None, manifest)
+
+    def staging(self, plan_hash: str) -> Path:
+        """See `Store.staging`."""
+        path = self.staging_root / plan_hash
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def commit(self, staging: Path, manifest: Manifest) -> Published:
+        """See `Store.commit`: every file, then the manifest."""
+        where = f"{self.uri}/{manifest.plan_hash}"
+        for entry in manifest.files:
+            key = self._key(manifest.plan_hash, entry.path)
+            s3.upload_file(self.store, key, staging / entry.path, what=where)
+        _write_manifest(staging, manifest)
+        key = self._key(manifest.plan_hash, MANIFEST_FILE)
+        s3.upload_file(self.store, key, staging / MANIFEST_FILE, what=where)
+        self.discard(staging)
+        return Published(where, None, manifest)
+
+    def discard(self, staging: Path) -> None:
+        """See `Store.discard`."""
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _parse_manifest(data: bytes | None, where: str) -> Manifest | None:
+    if data is None:
+        return None
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as err:
+        raise UserError(
+            f"{where}/{MANIFEST_FILE} is not a Kiln manifest ({err.error_count()} errors); "
+            "remove that directory to publish again"
+        ) from err
+
+
+def _write_manifest(directory: Path, manifest: Manifest) -> None:
+    path = directory / MANIFEST_FILE
+    with path.open("w") as f:
+        f.write(manifest.model_dump_json(indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (a crash right after must not undo it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,487 @@
+"""The runner: one Plan, end to end, with the model loaded once.
+
+Stages, in order (each reports progress and ends up in the manifest's `stages`):
+
+1. `preflight`: is the work already published (then return the manifest: a no-op)? Can this
+   machine run every technique of every stack that may be tried (e.g. NVFP4 needs Blackwell)?
+   Are the store's credentials there? All before any model is loaded.
+2. `load`: the model and tokenizer (`sources.models`), and the evaluation text.
+3. `baseline`: perplexity of the loaded model (`evaluate`).
+4. Each technique of the stack, in order (`techniques.registry`), then `evaluate` and the gate
+   (`gate`). When the gate fails and the Plan escalates, the next stack runs on a fresh copy of
+   the loaded model; every try is recorded as an `Attempt`.
+5. `export`: the unified HF checkpoint, and the legacy TensorRT-LLM checkpoint if asked
+   (`export`), written into the store's staging directory.
+6. `engine` and `repository`: TensorRT-LLM engines when the Plan builds them, and the Triton model
+   repository (`kiln_jobs.serving`).
+7. `publish`: digests, manifest last, atomic move into `<store>/<plan hash>/` (`publish`).
+
+Work that must survive a restarted pod (QAT/QAD checkpoints) lives under
+`<workdir>/runs/<plan hash>/attempt-<n>/<index>-<kind>/`, removed once the plan is published;
+downloads are cached under `<workdir>/cache/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import functools
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kiln_jobs import gate, hardware
+from kiln_jobs.errors import (
+    AccuracyGateFailed,
+    KilnJobError,
+    ResourceExhausted,
+    UnsupportedHardware,
+)
+from kiln_jobs.evaluate import evaluation_tokens, perplexity
+from kiln_jobs.export import export_hf, export_tensorrt_llm
+from kiln_jobs.manifest import (
+    Attempt,
+    CheckpointInfo,
+    JobResult,
+    Manifest,
+    Metrics,
+    StageResult,
+)
+from kiln_jobs.model_facts import count_parameters, parameter_bytes
+from kiln_jobs.plan import DataRef, ModelRef, Plan, QADPlan, Technique, technique_label
+from kiln_jobs.progress import ProgressLog, StageProgress
+from kiln_jobs.publish import Published, Store, digest_files, open_store
+from kiln_jobs.serving import engine, repository
+from kiln_jobs.sources import data
+from kiln_jobs.sources.models import LoadedModel, load_model, resolve_model_files
+from kiln_jobs.techniques import registry
+from kiln_jobs.techniques.context import TechniqueContext, TechniqueOutcome
+
+__all__ = ["CHECKPOINT_DIR", "TOOLS", "Run", "RunResult", "run_plan", "tool_versions"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+# Distributions whose versions say what produced a checkpoint.
+TOOLS = ("kiln", "nvidia-modelopt", "torch", "transformers", "tensorrt_llm")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run published (or found already published)."""
+
+    manifest: Manifest
+    published_uri: str
+    # The plan-hash directory for file:// and pvc:// stores; None for object stores.
+    published_dir: Path | None
+    # True when the manifest was already there and nothing ran.
+    reused: bool = False
+
+    def job_result(self) -> JobResult:
+        """The termination message of a successful run."""
+        return JobResult(
+            ok=True,
+            plan_hash=self.manifest.plan_hash,
+            metrics=self.manifest.metrics,
+            checkpoint=self.manifest.checkpoint,
+            stages=self.manifest.stages,
+            attempts=self.manifest.attempts,
+        )
+
+
+def run_plan(plan: Plan, workdir: Path, *, progress_file: Path | None = None) -> RunResult:
+    """Run `plan` end to end and publish its artifacts (a no-op if they are already published).
+
+    Args:
+        plan: The resolved Plan.
+        workdir: Scratch space that survives a restart (checkpoints, downloads, S3 staging).
+        progress_file: Rewritten with the latest progress update.
+
+    Raises:
+        KilnJobError: a failure the user can act on (each subclass has its exit code).
+    """
+    return Run(plan, workdir, ProgressLog(progress_file)).execute()
+
+
+def tool_versions() -> dict[str, str]:
+    """Installed versions of the tools in `TOOLS` (absent ones are left out)."""
+    versions = {}
+    for name in TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class Run:
+    """One execution of a Plan: what ran, what it measured, and the record a failure leaves."""
+
+    def __init__(self, plan: Plan, workdir: Path, progress: ProgressLog) -> None:
+        self.plan = plan
+        self.plan_hash = plan.hash()
+        self.workdir = workdir
+        self.progress = progress
+        self.cache_dir = workdir / "cache"
+        self.scratch = workdir / "runs" / self.plan_hash
+        self.stages: list[StageResult] = []
+        self.attempts: list[Attempt] = []
+        self.metrics = Metrics()
+        self.checkpoint_facts: dict[str, Any] = {}
+        self._blocks: dict[tuple[DataRef, str], torch.Tensor] = {}
+
+    def job_result(self, error: KilnJobError) -> JobResult:
+        """The termination message of a failed run: the reason and what happened before it."""
+        return JobResult(
+            ok=False,
+            plan_hash=self.plan_hash,
+            reason=error.reason,
+            message=error.message,
+            metrics=self.metrics,
+            stages=self.stages,
+            attempts=self.attempts,
+        )
+
+    def execute(self) -> RunResult:
+        """Run every stage; see the module docstring."""
+        try:
+            return self._execute()
+        except KilnJobError:
+            raise
+        except BaseException as err:
+            translated = _resource_error(err)
+            if translated is None:
+                raise
+            raise translated from err
+
+    # -- the stages, top to bottom ------------------------------------------------------------
+
+    def _execute(self) -> RunResult:
+        torch.manual_seed(0)
+        with self._stage("preflight") as progress:
+            store = open_store(self.plan.output.store, self.workdir)
+            existing = store.existing(self.plan_hash)
+            if existing is not None:
+                progress(100.0, f"already published at {existing.uri}")
+                log.info("%s is already published; nothing to do", existing.uri)
+                return RunResult(existing.manifest, existing.uri, existing.directory, reused=True)
+            accelerator = hardware.detect()
+            stacks = gate.attempt_stacks(self.plan.techniques, self.plan.evaluation)
+            for stack in stacks:
+                for technique in stack:
+                    registry.preflight(technique, accelerator)
+            self._preflight_engine()
+            device = torch.device("cuda" if accelerator.is_cuda else "cpu")
+            progress(100.0, f"running on {accelerator.name}")
+
+        with self._stage("load") as progress:
+            loaded = load_model(self.plan.model, device=device, cache_dir=self.cache_dir)
+            progress(70.0, f"loaded {type(loaded.model).__name__}")
+            eval_ref = self.plan.evaluation.data
+            stream = data.token_stream(eval_ref, data.EVAL_ROLE, loaded.tokenizer, self.cache_dir)
+            eval_tokens = evaluation_tokens(stream, eval_ref)
+            original = _Original(loaded, self._keeps_original(stacks), self._reload(loaded))
+
+        with self._stage("baseline") as progress:
+            baseline = self._perplexity(loaded.model, eval_tokens, progress)
+            self.metrics.baseline_perplexity = baseline
+            self.metrics.params_before = count_parameters(loaded.model)
+            self.metrics.baseline_size_bytes = parameter_bytes(loaded.model)
+
+        model, outcomes = self._attempts(stacks, loaded, original, eval_tokens, baseline)
+        del original
+        self.metrics.params_after = count_parameters(model)
+        for outcome in outcomes:
+            self.checkpoint_facts.update(outcome.checkpoint)
+            if "acceptance_length" in outcome.metrics:
+                self.metrics.acceptance_length = float(outcome.metrics["acceptance_length"])
+
+        staging = store.staging(self.plan_hash)
+        try:
+            published = self._publish(store, staging, model, loaded.tokenizer, outcomes)
+        except BaseException:
+            store.discard(staging)
+            raise
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        return RunResult(published.manifest, published.uri, published.directory)
+
+    def _attempts(
+        self,
+        stacks: list[tuple[Technique, ...]],
+        loaded: LoadedModel,
+        original: _Original,
+        eval_tokens: torch.Tensor,
+        baseline: float,
+    ) -> tuple[Any, list[TechniqueOutcome]]:
+        """Apply each stack until one passes the gate; the passing model and its outcomes."""
+        evaluation = self.plan.evaluation
+        for number, stack in enumerate(stacks, start=1):
+            began = time.monotonic()
+            model = loaded.model if number == 1 else original.fresh()
+            model, outcomes = self._apply(stack, model, loaded, original, number)
+            suffix = f"#{number}" if number > 1 else ""
+            if stack:
+                with self._stage(f"evaluate{suffix}") as progress:
+                    measured = self._perplexity(model, eval_tokens, progress)
+            else:
+                measured = baseline
+            degradation = gate.degradation_percent(baseline, measured)
+            passed = gate.passes(evaluation, degradation)
+            self.attempts.append(
+                Attempt(
+                    techniques=gate.stack_label(stack),
+                    perplexity=measured,
+                    degradation_percent=round(degradation, 4),
+                    passed=passed,
+                    seconds=round(time.monotonic() - began, 2),
+                )
+            )
+            self.metrics.perplexity = measured
+            self.metrics.degradation_percent = round(degradation, 4)
+            log.info(
+                "attempt %d (%s): perplexity %.3f vs %.3f baseline (%+.2f%%): %s",
+                number,
+                gate.stack_label(stack),
+                measured,
+                baseline,
+                degradation,
+                "passed" if passed else "failed",
+            )
+            if passed:
+                return model, outcomes
+            del model, outcomes
+        raise AccuracyGateFailed(gate.failure_message(evaluation, self.attempts))
+
+    def _apply(
+        self,
+        stack: tuple[Technique, ...],
+        model: Any,
+        loaded: LoadedModel,
+        original: _Original,
+        attempt: int,
+    ) -> tuple[Any, list[TechniqueOutcome]]:
+        """Run one stack of techniques on `model`, in order."""
+        outcomes = []
+        for index, spec in enumerate(stack):
+            suffix = f"#{attempt}" if attempt > 1 else ""
+            with self._stage(f"{technique_label(spec)}{suffix}") as progress:
+                ctx = self._context(model, loaded, original, progress, attempt, index, spec)
+                outcome = registry.run(ctx, spec)
+                self.stages[-1].metrics = dict(outcome.metrics)
+            model = outcome.model
+            outcomes.append(outcome)
+        return model, outcomes
+
+    def _publish(
+        self,
+        store: Store,
+        staging: Path,
+        model: Any,
+        tokenizer: Any,
+        outcomes: list[TechniqueOutcome],
+    ) -> Published:
+        """Export, build, write the Triton repository, then commit the staging directory."""
+        with self._stage("export") as progress:
+            facts = export_hf(model, tokenizer, staging / CHECKPOINT_DIR)
+            # The exported checkpoint is the authority on what it holds.
+            self.checkpoint_facts.update({k: v for k, v in facts.items() if v is not None})
+            progress(60.0, f"HF checkpoint ({facts['quant_algo'] or 'unquantized'})")
+            if self.plan.export.tensorrt_llm_checkpoint:
+                export_tensorrt_llm(model, staging / engine.TRTLLM_CHECKPOINT_DIR, self.plan.engine)
+            for name, path in _artifacts(outcomes).items():
+                shutil.copytree(path, staging / name, dirs_exist_ok=True)
+            self.metrics.size_bytes = _tree_bytes(staging / CHECKPOINT_DIR)
+
+        with self._stage("engine") as progress:
+            built = engine.build_engine(
+                self.plan, staging / CHECKPOINT_DIR, staging / repository.ENGINE_DIR, progress
+            )
+        with self._stage("repository"):
+            runtime = repository.write_repository(self.plan, staging)
+
+        with self._stage("publish") as progress:
+            manifest = Manifest(
+                plan_hash=self.plan_hash,
+                plan=self.plan,
+                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                stages=[stage.model_copy() for stage in self.stages],
+                attempts=self.attempts,
+                metrics=self.metrics.model_copy(),
+                checkpoint=self._checkpoint_info(),
+                checkpoint_dir=CHECKPOINT_DIR,
+                triton_repository=repository.TRITON_DIR,
+                engine_dir=repository.ENGINE_DIR if built is not None else None,
+                serving_runtime=runtime,
+                files=digest_files(staging),
+            )
+            # The manifest records the publish stage as done: writing it is what completes it.
+            manifest.stages[-1].state = "Succeeded"
+            published = store.commit(staging, manifest)
+            progress(100.0, f"published {published.uri}")
+        return published
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[StageProgress]:
+        """Time a stage, report its progress and record how it ended."""
+        result = StageResult(name=name, state="Running")
+        self.stages.append(result)
+        began = time.monotonic()
+        log.info("stage %s: started", name)
+        with self.progress.stage(name) as progress:
+            try:
+                yield progress
+            except BaseException as err:
+                result.state = "Failed"
+                result.message = _one_line(err)
+                raise
+            finally:
+                result.seconds = round(time.monotonic() - began, 2)
+            if result.state == "Running":
+                result.state = "Succeeded"
+            progress(100.0, f"{name}: done in {result.seconds:.1f}s")
+        log.info("stage %s: %s in %.1fs", name, result.state.lower(), result.seconds)
+
+    def _context(
+        self,
+        model: Any,
+        loaded: LoadedModel,
+        original: _Original,
+        progress: StageProgress,
+        attempt: int,
+        index: int,
+        spec: Technique,
+    ) -> TechniqueContext:
+        device = next(model.parameters()).device
+        return TechniqueContext(
+            model=model,
+            tokenizer=loaded.tokenizer,
+            device=device,
+            workdir=self.scratch / f"attempt-{attempt}" / f"{index:02d}-{spec.kind}",
+            progress=progress,
+            load_original=original.fresh,
+            load_model=self._load_other,
+            token_blocks=functools.partial(self._token_blocks, loaded.tokenizer),
+            evaluation_data=self.plan.evaluation.data,
+            resolve_model=lambda ref: resolve_model_files(ref, self.cache_dir).directory,
+        )
+
+    def _preflight_engine(self) -> None:
+        """Engines need TensorRT-LLM on a GPU: without them, fail now rather than after the
+        techniques (unless the Plan may fall back to the Python backend)."""
+        plan_engine = self.plan.engine
+        if plan_engine.backend != "tensorrt-llm" or plan_engine.allow_fallback:
+            return
+        reason = engine.unavailable_reason()
+        if reason is not None:
+            raise UnsupportedHardware(
+                f"engine: {reason}; run this Plan in Kiln's GPU job image, or set "
+                "engine.allowFallback to serve on CPU with the Python backend"
+            )
+
+    def _token_blocks(self, tokenizer: Any, ref: DataRef, role: str) -> torch.Tensor:
+        """Token blocks, tokenized once per run (escalation asks for the same data again)."""
+        key = (ref, role)
+        if key not in self._blocks:
+            self._blocks[key] = data.token_blocks(ref, role, tokenizer, self.cache_dir)
+        return self._blocks[key]
+
+    def _load_other(self, ref: ModelRef) -> Any:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return load_model(ref, device=device, cache_dir=self.cache_dir).model
+
+    def _reload(self, loaded: LoadedModel) -> Callable[[], Any]:
+        device = next(loaded.model.parameters()).device
+
+        def reload() -> Any:
+            ref = self.plan.model
+            return load_model(ref, device=device, cache_dir=self.cache_dir, files=loaded.files)
+
+        return lambda: reload().model
+
+    def _keeps_original(self, stacks: list[tuple[Technique, ...]]) -> bool:
+        """Keep an in-memory copy of the loaded model when a fresh one will be needed:
+        escalation, or QAD with the original model as teacher."""
+        needs_teacher = any(
+            isinstance(t, QADPlan) and t.teacher is None for stack in stacks for t in stack
+        )
+        return len(stacks) > 1 or needs_teacher
+
+    def _perplexity(self, model: Any, tokens: torch.Tensor, progress: StageProgress) -> float:
+        evaluation = self.plan.evaluation
+        return perplexity(
+            model,
+            tokens,
+            seq_length=evaluation.data.seq_length,
+            stride=evaluation.stride,
+            progress=progress,
+        )
+
+    def _checkpoint_info(self) -> CheckpointInfo:
+        facts = self.checkpoint_facts
+        return CheckpointInfo(
+            quant_algo=facts.get("quant_algo"),
+            kv_cache_quant_algo=facts.get("kv_cache_quant_algo"),
+            group_size=facts.get("group_size"),
+            calibration_digest=facts.get("calibration_digest"),
+            tools=tool_versions(),
+        )
+
+
+class _Original:
+    """Fresh copies of the model as loaded: from a copy kept in host memory when the Plan will
+    need several, else by loading the files again."""
+
+    def __init__(self, loaded: LoadedModel, keep: bool, reload: Callable[[], Any]) -> None:
+        self._device = next(loaded.model.parameters()).device
+        self._reload = reload
+        self._copy = copy.deepcopy(loaded.model).to("cpu") if keep else None
+
+    def fresh(self) -> Any:
+        """A new, unmodified copy of the loaded model on the job's device."""
+        if self._copy is None:
+            return self._reload()
+        return copy.deepcopy(self._copy).to(self._device).eval()
+
+
+def _artifacts(outcomes: list[TechniqueOutcome]) -> dict[str, Path]:
+    artifacts: dict[str, Path] = {}
+    for outcome in outcomes:
+        artifacts.update(outcome.artifacts)
+    return artifacts
+
+
+def _tree_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def _one_line(err: BaseException) -> str:
+    text = getattr(err, "message", None) or str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:500]
+
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _resource_error(err: BaseException) -> ResourceExhausted | None:
+    """Out of memory or disk, as the user-facing error; None for anything else."""
+    text = str(err).lower()
+    if isinstance(err, torch.OutOfMemoryError | MemoryError) or (
+        isinstance(err, RuntimeError) and any(m in text for m in _OOM_MARKERS)
+    ):
+        return ResourceExhausted(f"out of memory: {_one_line(err)}; use a larger GPU or node")
+    if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        "no space left on device" in text
+    ):
+        return ResourceExhausted(f"disk full: {_one_line(err)}; give the job more disk")
+    return None
