@@ -48,6 +48,8 @@ class OperatorConfig(BaseModel):
     """Send smoke tests here instead of the Service (tests, or an ingress in front of it)."""
     smoke_timeout_seconds: float = 120.0
     """How long one smoke inference may take."""
+    api_timeout_seconds: float = 30.0
+    """Longest one Kubernetes API call may take before the reconcile gives up and retries."""
     poll_seconds: float = 10.0
     """How often running work is re-examined (progress, scheduling, rollouts)."""
     max_running_jobs: int = Field(default=0, ge=0)

@@ -16,6 +16,7 @@ from typing import Any
 
 import kopf
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from kiln_operator.api import GROUP, PLURAL, VERSION
 from kiln_operator.conditions import now_rfc3339
@@ -167,6 +168,8 @@ def register(
                     f"API server said {error.status}: {error.reason}", delay=2
                 ) from error
             raise
+        except (HTTPError, OSError) as error:  # timeouts, refused or dropped connections
+            raise kopf.TemporaryError(f"API server unreachable: {error}", delay=2) from error
 
     @kopf.on.resume(*resource, registry=registry, retries=10, backoff=5)
     @kopf.on.create(*resource, registry=registry, retries=10, backoff=5)
@@ -201,13 +204,14 @@ def register(
             return  # type None: the initial listing; the resume handler covers it
         try:
             reconciler.reconcile(namespace, owner)
-        except ApiException as error:
+        except (ApiException, HTTPError, OSError) as error:
             # The next event or tick retries; a namespace being deleted refuses writes (403).
-            level = logging.DEBUG if error.status in (403, 404, 409) else logging.WARNING
+            status = getattr(error, "status", None)
+            level = logging.DEBUG if status in (403, 404, 409) else logging.WARNING
             logger.log(
                 level,
                 "reconcile of %s/%s after a child event failed: %s",
                 namespace,
                 owner,
-                error.reason,
+                getattr(error, "reason", None) or error,
             )

@@ -62,8 +62,15 @@ def _missing(error: ApiException) -> bool:
 class KubeApi:
     """Reads and writes for one operator process."""
 
-    def __init__(self, api_client: client.ApiClient, logger: logging.Logger | None = None):
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        logger: logging.Logger | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.api_client = api_client
+        # Every call is bounded: a hung connection must not stall a reconcile forever.
+        self.timeout = timeout
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
@@ -77,7 +84,7 @@ class KubeApi:
         """The ModelOptimization, fresh from the API server."""
         try:
             found = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout
             )
             return cast(Obj, found)
         except ApiException as error:
@@ -87,7 +94,12 @@ class KubeApi:
 
     def list_resources(self) -> list[Obj]:
         """Every ModelOptimization in the cluster."""
-        listing = cast(Obj, self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+        listing = cast(
+            Obj,
+            self.custom.list_cluster_custom_object(
+                GROUP, VERSION, PLURAL, _request_timeout=self.timeout
+            ),
+        )
         return list(listing.get("items", []))
 
     # --- observing ----------------------------------------------------------------------------
@@ -119,7 +131,8 @@ class KubeApi:
         api_version, real_kind = _KINDS[kind]
         resource = self.dynamic.resources.get(api_version=api_version, kind=real_kind)
         try:
-            return resource.get(name=name, namespace=namespace).to_dict()
+            found = resource.get(name=name, namespace=namespace, _request_timeout=self.timeout)
+            return cast(Obj, found.to_dict())
         except ApiException as error:
             if _missing(error):
                 return None
@@ -128,12 +141,16 @@ class KubeApi:
     def _names(self, kind: str, namespace: str, selector: str) -> list[str]:
         api_version, real_kind = _KINDS[kind]
         resource = self.dynamic.resources.get(api_version=api_version, kind=real_kind)
-        listing = resource.get(namespace=namespace, label_selector=selector)
+        listing = resource.get(
+            namespace=namespace, label_selector=selector, _request_timeout=self.timeout
+        )
         return [item["metadata"]["name"] for item in listing.to_dict().get("items", [])]
 
     def _job_pods(self, namespace: str, job: Obj) -> list[Obj]:
         uid = job["metadata"]["uid"]
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"controller-uid={uid}")
+        pods = self.core.list_namespaced_pod(
+            namespace, label_selector=f"controller-uid={uid}", _request_timeout=self.timeout
+        )
         return [self.api_client.sanitize_for_serialization(p) for p in pods.items]
 
     def _progress(self, namespace: str, pods: list[Obj]):  # type: ignore[no-untyped-def]
@@ -143,7 +160,10 @@ class KubeApi:
         pod = max(running, key=lambda p: p["metadata"].get("creationTimestamp") or "")
         try:
             tail = self.core.read_namespaced_pod_log(
-                pod["metadata"]["name"], namespace, tail_lines=_LOG_TAIL_LINES
+                pod["metadata"]["name"],
+                namespace,
+                tail_lines=_LOG_TAIL_LINES,
+                _request_timeout=self.timeout,
             )
         except ApiException as error:
             self.log.debug("no log for %s: %s", pod["metadata"]["name"], error.reason)
@@ -156,7 +176,9 @@ class KubeApi:
         missing = []
         for claim in claims:
             try:
-                self.core.read_namespaced_persistent_volume_claim(claim, namespace)
+                self.core.read_namespaced_persistent_volume_claim(
+                    claim, namespace, _request_timeout=self.timeout
+                )
             except ApiException as error:
                 if not _missing(error):
                     raise
@@ -165,7 +187,9 @@ class KubeApi:
 
     def _running_jobs(self) -> int:
         selector = f"app.kubernetes.io/managed-by=kiln,{COMPONENT_LABEL}=optimize"
-        jobs = self.batch.list_job_for_all_namespaces(label_selector=selector)
+        jobs = self.batch.list_job_for_all_namespaces(
+            label_selector=selector, _request_timeout=self.timeout
+        )
         return sum(1 for job in jobs.items if job.status and (job.status.active or 0) > 0)
 
     # --- acting -------------------------------------------------------------------------------
@@ -190,7 +214,7 @@ class KubeApi:
         kind = obj["kind"]
         resource = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=kind)
         try:
-            resource.create(body=obj, namespace=namespace)
+            resource.create(body=obj, namespace=namespace, _request_timeout=self.timeout)
             self.log.info("created %s %s", kind, obj["metadata"]["name"])
         except ApiException as error:
             if error.status != 409:
@@ -204,6 +228,7 @@ class KubeApi:
             namespace=namespace,
             field_manager=FIELD_MANAGER,
             force_conflicts=True,
+            _request_timeout=self.timeout,
         )
 
     def _delete(self, kind: str, namespace: str, name: str) -> None:
@@ -211,7 +236,10 @@ class KubeApi:
         resource = self.dynamic.resources.get(api_version=api_version, kind=real_kind)
         try:
             resource.delete(
-                name=name, namespace=namespace, body={"propagationPolicy": "Background"}
+                name=name,
+                namespace=namespace,
+                body={"propagationPolicy": "Background"},
+                _request_timeout=self.timeout,
             )
             self.log.info("deleted %s %s", kind, name)
         except ApiException as error:
@@ -244,6 +272,7 @@ class KubeApi:
             PLURAL,
             body["metadata"]["name"],
             {"status": status},
+            _request_timeout=self.timeout,
         )
 
     def post_event(self, body: Obj, event: Event) -> None:
@@ -271,7 +300,9 @@ class KubeApi:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], cast(Any, manifest))
+            self.core.create_namespaced_event(
+                meta["namespace"], cast(Any, manifest), _request_timeout=self.timeout
+            )
         except ApiException as error:
             # A namespace being deleted refuses new Events (403); nobody will read them there.
             level = logging.DEBUG if error.status == 403 else logging.WARNING
