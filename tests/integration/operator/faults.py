@@ -9,6 +9,7 @@ server's behaviour, so a test sees exactly what a flaky control plane would show
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import threading
@@ -102,10 +103,8 @@ class FaultProxy:
                 await self._runner.cleanup()
             await self._session.close()
 
-        try:
+        with contextlib.suppress(TimeoutError):  # open watch streams die with the loop
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(15)
-        except TimeoutError:
-            pass  # open watch streams die with the loop
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
