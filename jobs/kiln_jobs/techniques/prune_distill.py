@@ -61,6 +61,8 @@ FFN_ALIGNMENT = 64
 _MICRO_BATCH = 4
 _PRUNING_FILE = "pruning.json"
 _GATED_MLP = ("gate_proj", "up_proj", "down_proj")
+# What the pruning decision depends on; changing only the distillation settings keeps it.
+_DECISION_FIELDS = {"target_layers", "target_ffn_hidden_size", "target_params", "importance"}
 
 
 def run(ctx: TechniqueContext, spec: PruneDistillPlan) -> TechniqueOutcome:
@@ -279,7 +281,7 @@ def _load_or_measure(
 ) -> _Pruning:
     """The saved decision for this recipe, or a freshly measured one."""
     path = ctx.workdir / _PRUNING_FILE
-    key = _recipe_key(spec, teacher)
+    key = _recipe_key(spec, teacher, _DECISION_FIELDS)
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.pop("recipe") == key:
@@ -391,11 +393,13 @@ def _perplexity(nll: float) -> float:
     return round(math.exp(nll), 3)
 
 
-def _recipe_key(spec: PruneDistillPlan, model: PreTrainedModel) -> str:
-    """What a saved decision or checkpoint depends on: the targets, the data, the input shape."""
+def _recipe_key(
+    spec: PruneDistillPlan, model: PreTrainedModel, fields: set[str] | None = None
+) -> str:
+    """A digest of the Plan's `fields` (all when None) and the input model's shape."""
     config = model.config
     shape = (config.hidden_size, config.num_hidden_layers, config.intermediate_size)
-    text = spec.model_dump_json() + repr(shape)
+    text = spec.model_dump_json(include=fields) + repr(shape)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

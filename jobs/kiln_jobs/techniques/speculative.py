@@ -90,12 +90,15 @@ def run(ctx: TechniqueContext, spec: SpeculativePlan) -> TechniqueOutcome:
         metrics["draft_source"] = "trained"
     drafter.eval()
     k = _draft_tokens(drafter)
-    ctx.progress(85.0, f"measuring acceptance length ({k} draft tokens per step)")
     prompts = _acceptance_prompts(ctx, spec)
-    metrics["acceptance_length"] = round(
-        measure_acceptance_length(_proposer(drafter, k), base, prompts, ACCEPTANCE_NEW_TOKENS, k),
-        4,
+
+    def report(done: int, total: int) -> None:
+        ctx.progress(80.0 + 15.0 * done / total, f"acceptance length: prompt {done}/{total}")
+
+    length = measure_acceptance_length(
+        _proposer(drafter, k), base, prompts, ACCEPTANCE_NEW_TOKENS, k, report=report
     )
+    metrics["acceptance_length"] = round(length, 4)
     metrics["draft_tokens_per_step"] = k
     metrics["acceptance_prompts"] = int(prompts.shape[0])
     metrics["draft_params"] = _draft_params(drafter)
@@ -109,7 +112,12 @@ def run(ctx: TechniqueContext, spec: SpeculativePlan) -> TechniqueOutcome:
 
 
 def measure_acceptance_length(
-    propose: Proposer, base: Any, prompts: torch.Tensor, new_tokens: int, draft_tokens: int
+    propose: Proposer,
+    base: Any,
+    prompts: torch.Tensor,
+    new_tokens: int,
+    draft_tokens: int,
+    report: Callable[[int, int], None] | None = None,
 ) -> float:
     """Mean tokens produced per base-model verification step in greedy speculative decoding.
 
@@ -128,13 +136,14 @@ def measure_acceptance_length(
         prompts: LongTensor [n, prompt_len].
         new_tokens: Tokens to produce per prompt.
         draft_tokens: k, the number of tokens `propose` returns.
+        report: Called with (prompts done, prompts) after each prompt.
 
     Returns:
         The acceptance length, in [1, k + 1].
     """
     k = draft_tokens
     produced = steps = 0
-    for prompt in prompts:
+    for done, prompt in enumerate(prompts, start=1):
         context = prompt[None, :]
         truth = _greedy(base, context, new_tokens + k)
         position = 0
@@ -144,6 +153,8 @@ def measure_acceptance_length(
             position += accepted
             produced += accepted
             steps += 1
+        if report is not None:
+            report(done, prompts.shape[0])
     return produced / steps
 
 
@@ -448,7 +459,7 @@ def _medusa_proposer(drafter: Any) -> Proposer:
     @torch.no_grad()
     def propose(context: torch.Tensor) -> torch.Tensor:
         # Head i predicts the token i + 1 places after the base's own next token.
-        output = drafter(input_ids=context, use_cache=False)
+        output = drafter(input_ids=context, use_cache=False, logits_to_keep=1)
         return torch.stack([logits[0, -1].argmax() for logits in output.medusa_logits])
 
     return propose
@@ -457,7 +468,7 @@ def _medusa_proposer(drafter: Any) -> Proposer:
 @torch.no_grad()
 def _greedy(model: Any, context: torch.Tensor, count: int) -> torch.Tensor:
     """The base's greedy continuation of `context` [1, T]: `count` tokens, EOS not special."""
-    output = model(input_ids=context, use_cache=True)
+    output = model(input_ids=context, use_cache=True, logits_to_keep=1)
     tokens: list[torch.Tensor] = []
     while True:
         token = output.logits[:, -1:].argmax(dim=-1)
