@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import yaml
 
@@ -143,6 +143,31 @@ def _operator(args: argparse.Namespace) -> int:
     return run_operator(args.operator_args)
 
 
+def _status(args: argparse.Namespace) -> int:
+    try:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        from kiln_operator.kube import load_kube_config
+    except ImportError as error:
+        raise SystemExit(
+            f"kiln status needs the operator dependencies ({error.name} is missing): "
+            "pip install 'kiln[operator]'"
+        ) from None
+    from kiln_operator.api import GROUP, PLURAL, VERSION
+    from kiln_operator.status_view import render_status
+
+    try:
+        api = client.CustomObjectsApi(load_kube_config())
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, args.name)
+    except ApiException as error:
+        raise SystemExit(f"kiln status: {args.namespace}/{args.name}: {error.reason}") from None
+    except Exception as error:  # no kubeconfig, no route to the cluster
+        raise SystemExit(f"kiln status: cannot reach the cluster: {error}") from None
+    print(render_status(cast(dict[str, Any], obj)))
+    return 0
+
+
 def _crd(args: argparse.Namespace) -> int:
     from kiln_operator.crd import crd_yaml
 
@@ -184,6 +209,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-serve", action="store_true", help="stop after publishing")
     run.add_argument("--keep-serving", action="store_true", help="leave Triton running")
 
+    status = commands.add_parser("status", help="show a ModelOptimization's progress and numbers")
+    status.add_argument("name")
+    status.add_argument("-n", "--namespace", default="default")
+
     commands.add_parser("crd", help="print the CustomResourceDefinition")
 
     # Its own options are parsed by `kiln operator --help` (kiln_operator.main).
@@ -203,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "validate": lambda a: _validate([*a.files, *a.files_rest], a.local, sys.stdout),
         "plan": _plan,
         "run": _run,
+        "status": _status,
         "crd": _crd,
         "operator": _operator,
     }
