@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from kiln_jobs.manifest import CheckpointInfo
+
+# The published plan directory (manifest.json, checkpoint/, engine/, triton/) inside the pod;
+# the TensorRT-LLM repositories the job writes refer to files under it.
+from kiln_jobs.serving import MODEL_MOUNT
 from kiln_operator.api import ModelOptimization
 from kiln_operator.builders.common import (
     container_security_context,
@@ -43,8 +47,6 @@ __all__ = [
 Obj = dict[str, Any]
 
 TRITON_CONTAINER = "triton"
-# The published plan directory (manifest.json, checkpoint/, engine/, triton/) inside the pod.
-MODEL_MOUNT = "/kiln/model"
 ADMIN_KEY_ENV = "KILN_TRITON_ADMIN_KEY"
 # Triton waits this long for in-flight requests on SIGTERM; the pod's grace period is longer.
 _EXIT_TIMEOUT_SECONDS = 30
