@@ -6,6 +6,7 @@ over the file, so tests and `kiln operator` on a laptop need no file.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ class OperatorConfig(BaseModel):
     it, a published plan is served without running a Job at all."""
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty watches all."""
+    job_node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels every optimization Job must match (e.g. a dedicated GPU pool); merged under
+    the resource's own spec.scheduling.nodeSelector."""
+    job_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    """Tolerations added to every optimization Job (e.g. for that pool's taint)."""
     job_service_account: str | None = None
     """ServiceAccount of optimization Jobs (its token is never mounted)."""
     engine_fallback: bool = False
@@ -80,6 +86,8 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
             continue
         if name in _LIST_FIELDS:
             values[name] = [item for item in raw.replace(",", " ").split() if item]
+        elif name in ("job_node_selector", "job_tolerations"):
+            values[name] = json.loads(raw)
         elif name == "store_mounts":
             pairs = (item.split("=", 1) for item in raw.split(",") if "=" in item)
             values[name] = {uri.strip(): path.strip() for uri, path in pairs}

@@ -105,12 +105,12 @@ def _resources(resource: ModelOptimization) -> Obj:
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
-def _scheduling(resource: ModelOptimization) -> Obj:
+def _scheduling(resource: ModelOptimization, config: OperatorConfig) -> Obj:
     spec = resource.spec
-    node_selector = dict(spec.scheduling.node_selector or {})
+    node_selector = {**config.job_node_selector, **(spec.scheduling.node_selector or {})}
     if spec.resources.gpu_product:
         node_selector[_PRODUCT_LABEL] = spec.resources.gpu_product
-    tolerations = [
+    tolerations = [dict(t) for t in config.job_tolerations] + [
         t.model_dump(by_alias=True, exclude_none=True) for t in spec.scheduling.tolerations or []
     ]
     if spec.resources.gpus and not any(t.get("key") == _GPU for t in tolerations):
@@ -201,7 +201,7 @@ def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -
             *work_volumes,
             *claims,
         ],
-        **_scheduling(resource),
+        **_scheduling(resource, config),
     }
     if config.job_service_account:
         pod_spec["serviceAccountName"] = config.job_service_account

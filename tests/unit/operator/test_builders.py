@@ -256,3 +256,16 @@ def test_service_and_pdb(config: OperatorConfig) -> None:
     assert build_pdb(prepared.resource)["spec"]["maxUnavailable"] == 1  # type: ignore[index]
     single = _prepared(config)
     assert build_pdb(single.resource) is None
+
+
+def test_platform_defaults_for_job_placement(config: OperatorConfig) -> None:
+    pool = config.model_copy(
+        update={
+            "job_node_selector": {"pool": "gpu-batch", "zone": "a"},
+            "job_tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+        }
+    )
+    prepared = _prepared(pool, scheduling={"nodeSelector": {"zone": "b"}})
+    pod = build_job(prepared.resource, prepared.plan, pool)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu-batch", "zone": "b"}
+    assert {"key": "batch", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
