@@ -32,6 +32,7 @@ from typing import Any
 import modelopt.torch.speculative as mtsp
 import torch
 from modelopt.torch.export import export_hf_checkpoint, export_speculative_decoding
+from modelopt.torch.opt import ModeloptStateManager
 from modelopt.torch.speculative.config import eagle3_default_config
 from safetensors import safe_open
 from transformers import PreTrainedModel
@@ -170,7 +171,14 @@ def _validate(spec: SpeculativePlan) -> None:
 
 
 def _check_base(model: Any) -> PreTrainedModel:
-    """The base must be a Hugging Face causal LM with a decoder-layer list and an lm_head."""
+    """A Hugging Face causal LM (decoder-layer list, lm_head) that no modelopt mode converted."""
+    if isinstance(model, torch.nn.Module) and ModeloptStateManager.is_converted(model):
+        # The exporters would then describe the unquantized draft with the base's quantization.
+        raise UserError(
+            "speculative: the model was already converted by Model Optimizer (e.g. quantized); "
+            "put speculative before ptq/qat/qad in the technique stack: the draft is trained on "
+            "the unquantized base, which may be quantized afterwards"
+        )
     decoder = getattr(model, "model", None)
     if not isinstance(model, PreTrainedModel) or not hasattr(decoder, "layers"):
         raise UserError(

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import modelopt.torch.quantization as mtq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -175,6 +176,13 @@ def test_attach_refuses_a_medusa_checkpoint_as_eagle(medusa: Trained, tmp_path: 
 def test_needs_training_or_a_draft(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="set `training` to train a draft or `draft`"):
         speculative.run(make_context(tiny_llama(), tmp_path), SpeculativePlan(algorithm="medusa"))
+
+
+def test_quantized_base_is_refused_with_the_stack_order(tmp_path: Path) -> None:
+    model = mtq.quantize(tiny_llama(), mtq.INT8_DEFAULT_CFG, forward_loop=None)
+    spec = SpeculativePlan(algorithm="eagle3", training=_training())
+    with pytest.raises(UserError, match="put speculative before ptq/qat/qad"):
+        speculative.run(make_context(model, tmp_path), spec)
 
 
 def test_acceptance_length_counts_accepted_prefixes() -> None:
