@@ -51,6 +51,7 @@ def test_depth_pruning_30_to_28_layers_recovers_with_distillation(
     )
     outcome = prune_distill.run(_context(smol, tmp_path / "work"), spec)
     metrics = outcome.metrics
+    print(f"prune_distill metrics: {metrics}")  # shown with `pytest -rP`
     model = outcome.model
     assert model.config.num_hidden_layers == len(model.model.layers) == 28
     assert metrics["params_after"] == sum(p.numel() for p in model.parameters())
@@ -88,6 +89,7 @@ def test_eagle3_draft_trains_exports_and_leaves_smollm2_unchanged(
     )
     eval_data = DataRef(samples=2, seq_length=64)
     outcome = speculative.run(_context(smol, tmp_path, evaluation_data=eval_data), spec)
+    print(f"speculative metrics: {outcome.metrics}")  # shown with `pytest -rP`
     assert outcome.model is smol[0]
     assert type(outcome.model) is LlamaForCausalLM
     with torch.no_grad():
