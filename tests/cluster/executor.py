@@ -345,6 +345,13 @@ class PodRun:
 
     def run(self) -> None:
         """Run the first container to the end and report the result in the pod's status."""
+        try:
+            self._run()
+        except Exception as exc:  # never leave the pod Running forever on our own bug
+            log.exception("%s: test executor failure", self.key)
+            self._report(128, f"test executor failure: {exc}", "ContainerCannotRun")
+
+    def _run(self) -> None:
         container = self.pod.spec.containers[0]
         self.dir.mkdir(parents=True, exist_ok=True)
         log_path = self.dir / f"{container.name}.log"

@@ -251,11 +251,14 @@ class Cluster:
         self._sup.check_alive()
 
     def describe_logs(self) -> str:
-        """One line per component: its log file."""
+        """One line per component: whether it still runs, and its log file."""
         if self._sup is None:
             return "test cluster: not started"
         lines = [f"test cluster run directory: {self.run_dir}"]
-        lines += [f"  {name:<24} {path}" for name, path in self._sup.log_paths().items()]
+        for c in self._sup.components:
+            code = c.proc.poll()
+            state = "running" if code is None else f"EXITED {code}"
+            lines.append(f"  {c.name:<24} {state:<10} {c.log}")
         return "\n".join(lines)
 
     # -- components --------------------------------------------------------------------------
