@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import os
 import signal
@@ -219,7 +220,7 @@ class Cluster:
         if self._with_executor:
             self._start_executor()
         for name, url in health.items():
-            _wait(f"{name} /healthz", lambda u=url: _http_ok(u, None), 60, self._alive)
+            _wait(f"{name} /healthz", functools.partial(_http_ok, url, None), 60, self._alive)
         _wait("the default ServiceAccount", self._default_sa_exists, 60, self._alive)
         for spec in self._nodes:
             self.wait_node_schedulable(spec.name)
@@ -604,6 +605,17 @@ class Cluster:
             )
         kueue.start(self, bin_dir, kueue_dir)
         self._kueue_started = True
+
+    def executor_log(self, namespace: str, pod: str) -> str:
+        """What a pod run by the local executor wrote to stdout/stderr (no ``kubectl logs``).
+
+        Raises:
+            FileNotFoundError: If the executor has not run that pod.
+        """
+        logs = sorted((self.run_dir / "executor").glob(f"{namespace}_{pod}_*/*.log"))
+        if not logs:
+            raise FileNotFoundError(f"the executor has not run pod {namespace}/{pod}")
+        return logs[-1].read_text(errors="replace")
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         """A Secret's data, decoded."""

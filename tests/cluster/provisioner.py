@@ -69,7 +69,7 @@ class Provisioner:
         path = self.run_dir / "pvc" / m.namespace / m.name
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o777)
-        pv = {
+        pv: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
             "metadata": {"name": f"pvc-{m.uid}", "annotations": {_PROVISIONED_BY: PROVISIONER}},

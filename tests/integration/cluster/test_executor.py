@@ -118,6 +118,8 @@ def test_fallback_to_logs_on_error(kube: Cluster, namespace: str, local_exec_nod
     term = _terminated(kube, namespace, "crash")
     assert term["exitCode"] == 1
     assert "Traceback: boom" in str(term["message"])
+    (p,) = kube.pods(namespace, "app=crash")
+    assert "Traceback: boom" in kube.executor_log(namespace, p["metadata"]["name"])
 
 
 def test_runs_as_the_pods_user_in_a_restricted_namespace(

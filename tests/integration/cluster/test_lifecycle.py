@@ -98,10 +98,11 @@ def test_killed_launcher_leaves_nothing_the_next_start_does_not_reap(tmp_path: P
         cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         stdout=subprocess.PIPE, stderr=(tmp_path / "launcher.log").open("wb"), text=True,
     )  # fmt: skip
+    assert launcher.stdout is not None
     try:
         ready, _, _ = select.select([launcher.stdout], [], [], 120)
         assert ready, (tmp_path / "launcher.log").read_text()
-        line = launcher.stdout.readline()  # type: ignore[union-attr]
+        line = launcher.stdout.readline()
     except BaseException:
         launcher.kill()
         raise
