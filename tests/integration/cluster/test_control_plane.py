@@ -104,3 +104,11 @@ def test_kube_tools_are_installed_in_the_venv() -> None:
     out = subprocess.run([bin_dir / "kubectl", "version", "--client"], capture_output=True,
                          text=True, check=True).stdout  # fmt: skip
     assert "Client Version: v1.35" in out
+
+
+def test_python_client_reaches_the_cluster(kube: Cluster) -> None:
+    from kubernetes import client
+
+    with kube.api_client() as api:
+        names = {n.metadata.name for n in client.CoreV1Api(api).list_node().items}
+    assert {"gpu-h100-0", "gpu-b200-0", "cpu-0"} <= names
