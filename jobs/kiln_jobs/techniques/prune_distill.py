@@ -12,7 +12,7 @@ model. This module is the Hugging Face path, for Llama-family decoders (`model.l
 2. **Importance**, measured on the `importance` data with the input model:
    - a layer's importance is the increase of the mean next-token loss when that layer alone is
      skipped (one forward pass per layer); the least important layers are removed;
-   - a neuron's importance is its mean |silu(gate(x)) * up(x)| over the tokens times the L2 norm of
+   - a neuron's importance is its mean |act(gate(x)) * up(x)| over the tokens times the L2 norm of
      its `down_proj` column (its mean contribution to the layer's output). Each layer keeps its own
      most important neurons (layers differ hugely); all keep the same width, because a Hugging
      Face config has a single `intermediate_size`.

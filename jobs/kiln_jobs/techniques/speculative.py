@@ -90,19 +90,7 @@ def run(ctx: TechniqueContext, spec: SpeculativePlan) -> TechniqueOutcome:
         metrics.update(_train_metrics(_train(ctx, spec, drafter)))
         metrics["draft_source"] = "trained"
     drafter.eval()
-    k = _draft_tokens(drafter)
-    prompts = _acceptance_prompts(ctx, spec)
-
-    def report(done: int, total: int) -> None:
-        ctx.progress(80.0 + 15.0 * done / total, f"acceptance length: prompt {done}/{total}")
-
-    length = measure_acceptance_length(
-        _proposer(drafter, k), base, prompts, ACCEPTANCE_NEW_TOKENS, k, report=report
-    )
-    metrics["acceptance_length"] = round(length, 4)
-    metrics["draft_tokens_per_step"] = k
-    metrics["acceptance_prompts"] = int(prompts.shape[0])
-    metrics["draft_params"] = _draft_params(drafter)
+    metrics.update(_acceptance_metrics(ctx, spec, base, drafter))
     draft_dir = ctx.workdir / "draft"
     if spec.draft is not None:
         _copy_dir(source, draft_dir)
@@ -124,9 +112,9 @@ def measure_acceptance_length(
 
     For each prompt, the base model first generates `new_tokens + k` tokens greedily (with its KV
     cache): greedy speculative decoding must produce exactly this text, whatever the draft. Then
-    decoding is emulated from the prompt: at each step the draft proposes k tokens after the
-    current context, the base's verification pass yields its own next token (always accepted)
-    and accepts the longest prefix of the proposal that matches its greedy continuation. The
+    decoding is emulated from the prompt: at each step the draft proposes the k tokens that
+    follow the base's next token, the base's verification pass yields that next token (always
+    accepted) and accepts the longest prefix of the proposal that matches its greedy text. The
     context advances by the accepted tokens, until `new_tokens` tokens have been produced. The
     result is (tokens produced) / (verification steps) over all prompts: 1.0 when every draft
     token is rejected, k + 1 when every one is accepted.
@@ -440,6 +428,28 @@ def _copy_dir(source: Path, target: Path) -> None:
 
 
 # --- measuring ------------------------------------------------------------------------------------
+
+
+def _acceptance_metrics(
+    ctx: TechniqueContext, spec: SpeculativePlan, base: PreTrainedModel, drafter: Any
+) -> dict[str, float | int | str]:
+    """The acceptance length on the evaluation prompts, and what it was measured with."""
+    k = _draft_tokens(drafter)
+    prompts = _acceptance_prompts(ctx, spec)
+
+    def report(done: int, total: int) -> None:
+        ctx.progress(80.0 + 15.0 * done / total, f"acceptance length: prompt {done}/{total}")
+
+    length = measure_acceptance_length(
+        _proposer(drafter, k), base, prompts, ACCEPTANCE_NEW_TOKENS, k, report=report
+    )
+    return {
+        "acceptance_length": round(length, 4),
+        "draft_tokens_per_step": k,
+        "acceptance_prompts": int(prompts.shape[0]),
+        "acceptance_new_tokens": ACCEPTANCE_NEW_TOKENS,
+        "draft_params": _draft_params(drafter),
+    }
 
 
 def _acceptance_prompts(ctx: TechniqueContext, spec: SpeculativePlan) -> torch.Tensor:
