@@ -62,7 +62,7 @@ from kiln_jobs.progress import ProgressLog, StageProgress
 from kiln_jobs.publish import Published, Store, digest_files, open_store
 from kiln_jobs.serving import engine, repository
 from kiln_jobs.sources import data
-from kiln_jobs.sources.models import LoadedModel, load_model, resolve_model_files
+from kiln_jobs.sources.models import LoadedModel, ModelFiles, load_model, resolve_model_files
 from kiln_jobs.techniques import registry
 from kiln_jobs.techniques.context import TechniqueContext, TechniqueOutcome
 
@@ -137,6 +137,7 @@ class Run:
         self.attempts: list[Attempt] = []
         self.metrics = Metrics()
         self.checkpoint_facts: dict[str, Any] = {}
+        self.device = torch.device("cpu")  # set by the preflight stage
         self._blocks: dict[tuple[DataRef, str], torch.Tensor] = {}
 
     def job_result(self, error: KilnJobError) -> JobResult:
@@ -180,16 +181,20 @@ class Run:
                 for technique in stack:
                     registry.preflight(technique, accelerator)
             self._preflight_engine()
-            device = torch.device("cuda" if accelerator.is_cuda else "cpu")
+            self.device = torch.device("cuda" if accelerator.is_cuda else "cpu")
             progress(100.0, f"running on {accelerator.name}")
 
         with self._stage("load") as progress:
-            loaded = load_model(self.plan.model, device=device, cache_dir=self.cache_dir)
+            loaded = self._load(self.plan.model)
             progress(70.0, f"loaded {type(loaded.model).__name__}")
             eval_ref = self.plan.evaluation.data
             stream = data.token_stream(eval_ref, data.EVAL_ROLE, loaded.tokenizer, self.cache_dir)
             eval_tokens = evaluation_tokens(stream, eval_ref)
-            original = _Original(loaded, self._keeps_original(stacks), self._reload(loaded))
+            original = _Original(
+                loaded,
+                keep=self._keeps_original(stacks),
+                reload=lambda: self._load(self.plan.model, loaded.files).model,
+            )
 
         with self._stage("baseline") as progress:
             baseline = self._perplexity(loaded.model, eval_tokens, progress)
@@ -370,7 +375,7 @@ class Run:
             workdir=self.scratch / f"attempt-{attempt}" / f"{index:02d}-{spec.kind}",
             progress=progress,
             load_original=original.fresh,
-            load_model=self._load_other,
+            load_model=lambda ref: self._load(ref).model,
             token_blocks=functools.partial(self._token_blocks, loaded.tokenizer),
             evaluation_data=self.plan.evaluation.data,
             resolve_model=lambda ref: resolve_model_files(ref, self.cache_dir).directory,
@@ -396,18 +401,8 @@ class Run:
             self._blocks[key] = data.token_blocks(ref, role, tokenizer, self.cache_dir)
         return self._blocks[key]
 
-    def _load_other(self, ref: ModelRef) -> Any:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return load_model(ref, device=device, cache_dir=self.cache_dir).model
-
-    def _reload(self, loaded: LoadedModel) -> Callable[[], Any]:
-        device = next(loaded.model.parameters()).device
-
-        def reload() -> Any:
-            ref = self.plan.model
-            return load_model(ref, device=device, cache_dir=self.cache_dir, files=loaded.files)
-
-        return lambda: reload().model
+    def _load(self, ref: ModelRef, files: ModelFiles | None = None) -> LoadedModel:
+        return load_model(ref, device=self.device, cache_dir=self.cache_dir, files=files)
 
     def _keeps_original(self, stacks: list[tuple[Technique, ...]]) -> bool:
         """Keep an in-memory copy of the loaded model when a fresh one will be needed:
@@ -442,7 +437,7 @@ class _Original:
     """Fresh copies of the model as loaded: from a copy kept in host memory when the Plan will
     need several, else by loading the files again."""
 
-    def __init__(self, loaded: LoadedModel, keep: bool, reload: Callable[[], Any]) -> None:
+    def __init__(self, loaded: LoadedModel, *, keep: bool, reload: Callable[[], Any]) -> None:
         self._device = next(loaded.model.parameters()).device
         self._reload = reload
         self._copy = copy.deepcopy(loaded.model).to("cpu") if keep else None

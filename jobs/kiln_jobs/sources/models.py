@@ -112,6 +112,7 @@ def load_model(
     """
     files = files or resolve_model_files(ref, cache_dir)
     extra = {"gguf_file": files.gguf_file} if files.gguf_file else {}
+    model: Any
     try:
         model = AutoModelForCausalLM.from_pretrained(
             files.directory, dtype=resolve_dtype(ref.dtype, device), **extra
