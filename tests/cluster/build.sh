@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test cluster's binaries (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kwok; with --kueue also Kueue's manager) from the pinned Go modules into
-# .cache/cluster/bin, and copies the manifests they need (kwok's stock Stages, Kueue's CRDs and
-# webhooks) from those modules into .cache/cluster.
+# .cache/cluster/bin, and copies the manifests they need (kwok's stock Stages and CRDs, Kueue's
+# CRDs and webhooks) from those modules into .cache/cluster.
 #
 # A stamp per part, keyed on its go.mod/go.sum and this script, makes a second run a no-op;
 # Go's own build cache makes a rebuild after a small change cheap.
@@ -61,6 +61,8 @@ build_control_plane() {
     cd "$here/kwok"
     go build -o "$bin/kwok" sigs.k8s.io/kwok/cmd/kwok
     copy_from_module sigs.k8s.io/kwok kustomize/stage "$out/stages"
+    # Its Logs CRD: the executor's pods get their logs served through it (kubectl logs).
+    copy_from_module sigs.k8s.io/kwok kustomize/crd/bases "$out/kwok-crds"
   )
 }
 
@@ -83,7 +85,7 @@ base_key=$(key "$here/go.mod" "$here/go.sum" "$here/kwok/go.mod" "$here/kwok/go.
 kueue_key=$(key "$here/kueue/go.mod" "$here/kueue/go.sum")
 base_fresh=0 kueue_fresh=1
 fresh "$out/stamp" "$base_key" etcd kube-apiserver kube-controller-manager kube-scheduler kwok &&
-  [[ -d $out/stages ]] && base_fresh=1
+  [[ -d $out/stages && -d $out/kwok-crds ]] && base_fresh=1
 if ((with_kueue)); then
   kueue_fresh=0
   fresh "$out/stamp-kueue" "$kueue_key" kueue && [[ -d $out/kueue/crds ]] && kueue_fresh=1

@@ -10,7 +10,10 @@ container's exact ``command`` + ``args`` on this machine, with
   bind-mounted at their ``mountPath`` in a private mount namespace (see ``podns.py``),
 
 then reports the real exit code and termination message (the file at the container's
-``terminationMessagePath``) in the pod's status, as a kubelet does. It knows nothing about what
+``terminationMessagePath``) in the pod's status, as a kubelet does. The container's stdout and
+stderr go to a log file in the CRI format (``crilog.py``); a kwok ``Logs`` object named after the
+pod (owned by it, so the garbage collector removes it with the pod) points kwok's kubelet API at
+that file, so ``kubectl logs`` and the ``pods/log`` API serve it. It knows nothing about what
 the pods are for, and runs nothing but those pods' commands. Only ``restartPolicy: Never`` pods
 are run; others are left Running to kwok. Init containers and sidecars are not run.
 
@@ -39,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.cluster.crilog import CriLog, decode
 from tests.cluster.nodes import LOCAL_EXEC_LABEL
 from tests.cluster.procs import RUN_MARKER, kill_processes_with_env
 from tests.cluster.provisioner import Provisioner
@@ -47,6 +51,7 @@ __all__ = [
     "PodRun",
     "Unsupported",
     "expand_vars",
+    "logs_object",
     "main",
     "termination_message",
 ]
@@ -58,6 +63,8 @@ POD_MARKER = "KILN_TEST_POD_UID"
 MAX_MESSAGE = 4096  # what a kubelet keeps of a termination message
 FALLBACK_LOG_BYTES = 2048
 FALLBACK_LOG_LINES = 80
+#: kwok's Logs API (``enableCRDs: [Logs]``): which file kwok's kubelet endpoint serves for a pod.
+KWOK_GROUP, KWOK_VERSION, KWOK_LOGS = "kwok.x-k8s.io", "v1alpha1", "logs"
 
 log = logging.getLogger("kiln-test-executor")
 
@@ -99,6 +106,30 @@ def termination_message(file_text: str, log_tail: str, exit_code: int, policy: s
         lines = log_tail.splitlines()[-FALLBACK_LOG_LINES:]
         message = "\n".join(lines)[-FALLBACK_LOG_BYTES:]
     return message
+
+
+def _tail_bytes(path: Path, size: int) -> bytes:
+    """The whole records among the last ``size`` bytes of a log file."""
+    with path.open("rb") as f:
+        start = max(f.seek(0, os.SEEK_END) - size, 0)
+        f.seek(start)
+        data = f.read()
+    return data.partition(b"\n")[2] if start else data
+
+
+def logs_object(pod: Any, container: str, log_file: Path) -> dict[str, Any]:
+    """The kwok ``Logs`` object that serves ``log_file`` as ``container``'s log of ``pod``.
+
+    Named after the pod (kwok looks it up by the pod's namespace and name) and owned by it.
+    """
+    m = pod.metadata
+    owner = {"apiVersion": "v1", "kind": "Pod", "name": m.name, "uid": m.uid}
+    return {
+        "apiVersion": f"{KWOK_GROUP}/{KWOK_VERSION}",
+        "kind": "Logs",
+        "metadata": {"name": m.name, "namespace": m.namespace, "ownerReferences": [owner]},
+        "spec": {"logs": [{"containers": [container], "logsFile": str(log_file), "follow": True}]},
+    }
 
 
 @dataclass
@@ -364,28 +395,74 @@ class PodRun:
             return
         spec_path = self.dir / "spec.json"
         spec_path.write_text(json.dumps(spec))
+        log_file = CriLog(log_path)
+        self._publish_log(container.name, log_path)
         log.info("%s: running %s (log %s)", self.key, spec["argv"], log_path)
-        with log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                ["setpriv", "--pdeathsig", "SIGKILL", "--",
-                 "unshare", "--mount", "--propagation", "private", "--",
-                 sys.executable, str(PODNS), str(spec_path)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        code = self.proc.wait()
+        try:
+            code = self._execute(spec_path, log_file)
+        finally:
+            log_file.close()
         self.exit_code = 128 - code if code < 0 else code  # killed by a signal: 128 + signo
-        # As when a container's main process exits: whatever it left running goes too.
-        kill_processes_with_env(POD_MARKER, self.pod.metadata.uid)
         if self.stopping.is_set():
             return
         file_text = (self.dir / "termination-log").read_text(errors="replace")
-        tail = log_path.read_bytes()[-16384:].decode(errors="replace")
+        tail = decode(_tail_bytes(log_path, 32768))
         policy = container.termination_message_policy or "File"
         message = termination_message(file_text, tail, self.exit_code, policy)
         self._report(self.exit_code, message, "Completed" if self.exit_code == 0 else "Error")
         log.info("%s: exited %d", self.key, self.exit_code)
         self._cleanup()
+
+    def _execute(self, spec_path: Path, log_file: CriLog) -> int:
+        """Run the container's process; relay its stdout and stderr into ``log_file``."""
+        self.proc = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "SIGKILL", "--",
+             "unshare", "--mount", "--propagation", "private", "--",
+             sys.executable, str(PODNS), str(spec_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        relays = []
+        for stream, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
+            assert pipe is not None
+            relay = threading.Thread(
+                target=log_file.relay, args=(stream, pipe.fileno()), daemon=True,
+                name=f"{self.key} {stream}",
+            )  # fmt: skip
+            relay.start()
+            relays.append(relay)
+        code = self.proc.wait()
+        # As when a container's main process exits: whatever it left running goes too.
+        kill_processes_with_env(POD_MARKER, self.pod.metadata.uid)
+        for relay in relays:  # the pipes reach end of file once every writer is gone
+            relay.join(timeout=10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            assert pipe is not None
+            pipe.close()
+        return code
+
+    def _publish_log(self, container: str, log_path: Path) -> None:
+        """Create (or replace) the kwok Logs object that serves the log through the API."""
+        from kubernetes import client
+
+        api = client.CustomObjectsApi(self.core.api_client)
+        body = logs_object(self.pod, container, log_path)
+        ns, name = self.pod.metadata.namespace, self.pod.metadata.name
+        try:
+            try:
+                api.create_namespaced_custom_object(KWOK_GROUP, KWOK_VERSION, ns, KWOK_LOGS, body)
+            except client.ApiException as exc:
+                if exc.status != 409:  # a pod of the same name ran before
+                    raise
+                old: dict[str, Any] = api.get_namespaced_custom_object(
+                    KWOK_GROUP, KWOK_VERSION, ns, KWOK_LOGS, name
+                )  # type: ignore[assignment]
+                body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+                api.replace_namespaced_custom_object(
+                    KWOK_GROUP, KWOK_VERSION, ns, KWOK_LOGS, name, body
+                )
+        except Exception as exc:  # the pod still runs; only `kubectl logs` will not show it
+            log.warning("%s: could not publish the log to kwok: %s", self.key, exc)
 
     def stop(self, grace: float) -> None:
         """Stop the process (the pod was deleted): SIGTERM, then SIGKILL after ``grace``."""

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from tests.cluster import crilog
 from tests.cluster import nodes as nodes_mod
 from tests.cluster.nodes import DEFAULT_NODES, NodeSpec, node_manifest
 from tests.cluster.pki import Pki, make_pki
@@ -43,6 +44,7 @@ __all__ = [
     "ClusterBinariesMissing",
     "KubectlError",
     "cache_dir",
+    "kwok_logs_crd",
     "main",
 ]
 
@@ -95,6 +97,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KILN_CLUSTER_CACHE", REPO_ROOT / ".cache" / "cluster"))
 
 
+def kwok_logs_crd() -> Path:
+    """kwok's ``Logs`` CRD, copied from its module by ``build.sh``."""
+    return cache_dir() / "kwok-crds" / "kwok.x-k8s.io_logs.yaml"
+
+
 def _find_kubectl() -> str:
     venv_kubectl = REPO_ROOT / ".venv" / "bin" / "kubectl"
     if venv_kubectl.exists():
@@ -107,9 +114,10 @@ def _find_kubectl() -> str:
 
 def _check_binaries(bin_dir: Path, stages_dir: Path) -> None:
     missing = [b for b in BINARIES if not (bin_dir / b).exists()]
-    if missing or not stages_dir.is_dir():
+    missing += [f.name for f in (stages_dir, kwok_logs_crd()) if not f.exists()]
+    if missing:
         raise ClusterBinariesMissing(
-            f"test cluster binaries missing in {bin_dir} ({', '.join(missing) or 'stages'}): "
+            f"test cluster binaries missing in {bin_dir} ({', '.join(missing)}): "
             "run `make cluster-bins` (builds them from the pinned Go modules, ~10 min cold)"
         )
 
@@ -166,7 +174,8 @@ class Cluster:
 
         Args:
             nodes: Nodes to create at start.
-            crds_dir: Directory whose ``*.yaml`` files are applied after start (may be empty).
+            crds_dir: Directory whose ``*.yaml`` files are applied at start (may be empty), with
+                kwok's Logs CRD, which is always installed.
             executor: Start the local executor for ``local-exec-*`` nodes.
             base_tmp: Parent of the run directory (system temp by default).
             log: Progress messages (to stderr by default).
@@ -214,8 +223,9 @@ class Cluster:
             "kube-controller-manager": self._start_controller_manager(bin_dir, pki),
             "kube-scheduler": self._start_scheduler(bin_dir),
         }
-        self._start_kwok(bin_dir, stages_dir)
+        # kwok watches its Logs objects from the start, so their CRD comes first.
         self._install_crds()
+        self._start_kwok(bin_dir, stages_dir, pki)
         self.apply(storage_class(), *(node_manifest(spec) for spec in self._nodes))
         if self._with_executor:
             self._start_executor()
@@ -299,6 +309,12 @@ class Cluster:
             # PodSecurity, not this flag, is what must reject privileged pods.
             "--allow-privileged=true",
             "--profiling=false",
+            # pods/log (kubectl logs) is proxied to the pod's node: kwok serves the kubelet API
+            # of every node it manages at the node's InternalIP and kubelet port (_start_kwok).
+            f"--kubelet-client-certificate={pki.clients['apiserver-kubelet-client'].cert}",
+            f"--kubelet-client-key={pki.clients['apiserver-kubelet-client'].key}",
+            f"--kubelet-certificate-authority={pki.ca.cert}",
+            "--kubelet-preferred-address-types=InternalIP",
         ])  # fmt: skip
         ctx = self._admin_ssl(pki)
         _wait(
@@ -346,10 +362,11 @@ class Cluster:
         ])  # fmt: skip
         return f"https://127.0.0.1:{port}/healthz"
 
-    def _start_kwok(self, bin_dir: Path, stages_dir: Path) -> None:
+    def _start_kwok(self, bin_dir: Path, stages_dir: Path, pki: Pki) -> None:
         assert self._sup is not None
         config = write_kwok_config(stages_dir, self.run_dir / "kwok.yaml")
         annotation = ",".join(f"{k}={v}" for k, v in nodes_mod.KWOK_ANNOTATION.items())
+        port = free_port()
         self._sup.start("kwok", [
             str(bin_dir / "kwok"),
             f"--kubeconfig={self.run_dir / 'kwok.kubeconfig'}",
@@ -357,7 +374,13 @@ class Cluster:
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={annotation}",
             "--node-lease-duration-seconds=40",
-            f"--server-address=127.0.0.1:{free_port()}",
+            # kwok's kubelet API (containerLogs, ...) for all its nodes, on one HTTPS port that
+            # every node advertises: InternalIP 127.0.0.1, daemonEndpoints.kubeletEndpoint.Port.
+            f"--server-address=127.0.0.1:{port}",
+            "--node-ip=127.0.0.1", f"--node-port={port}",
+            f"--tls-cert-file={pki.kubelet.cert}", f"--tls-private-key-file={pki.kubelet.key}",
+            # Logs objects say which file holds which pod's container log (the executor's).
+            "--enable-crds=Logs",
         ])  # fmt: skip
 
     def _start_executor(self) -> None:
@@ -371,11 +394,9 @@ class Cluster:
         )  # fmt: skip
 
     def _install_crds(self) -> None:
-        if self._crds_dir is None:
-            return
-        files = sorted(self._crds_dir.glob("*.yaml"))
-        if not files:
-            return
+        files = [kwok_logs_crd()]
+        if self._crds_dir is not None:
+            files += sorted(self._crds_dir.glob("*.yaml"))
         args = ["apply", "--server-side"]
         for f in files:
             args += ["-f", str(f)]
@@ -607,7 +628,9 @@ class Cluster:
         self._kueue_started = True
 
     def executor_log(self, namespace: str, pod: str) -> str:
-        """What a pod run by the local executor wrote to stdout/stderr (no ``kubectl logs``).
+        """What a pod run by the local executor wrote to stdout/stderr, read from its log file.
+
+        ``kubectl logs`` serves the same (see ``executor.py``); this works without the API.
 
         Raises:
             FileNotFoundError: If the executor has not run that pod.
@@ -615,7 +638,7 @@ class Cluster:
         logs = sorted((self.run_dir / "executor").glob(f"{namespace}_{pod}_*/*.log"))
         if not logs:
             raise FileNotFoundError(f"the executor has not run pod {namespace}/{pod}")
-        return logs[-1].read_text(errors="replace")
+        return crilog.decode(logs[-1].read_bytes())
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         """A Secret's data, decoded."""

@@ -1,9 +1,11 @@
 """Certificates and keys for the test cluster, made with the ``openssl`` command.
 
-One CA signs the API server's serving certificate and one client certificate per identity
-(the admin, the controller manager, the scheduler, kwok); a separate RSA key signs
-ServiceAccount tokens. ``openssl`` is part of every Debian-based machine the project runs on,
-so the suite needs no extra Python dependency for this.
+One CA signs the API server's serving certificate, the serving certificate of kwok's kubelet
+endpoint (which the API server verifies when it proxies ``pods/log``) and one client certificate
+per identity (the admin, the controller manager, the scheduler, kwok, the executor, the API
+server's kubelet client); a separate RSA key signs ServiceAccount tokens. ``openssl`` is part
+of every Debian-based machine the project runs on, so the suite needs no extra Python dependency
+for this.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ SERVER_SANS = (
     "DNS:kubernetes.default.svc.cluster.local",
     "IP:127.0.0.1",
 )
+#: Every kwok node's InternalIP is loopback, where kwok serves the kubelet API for all of them.
+KUBELET_SANS = ("DNS:localhost", "IP:127.0.0.1")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Pki:
 
     ca: CertPair
     server: CertPair
+    kubelet: CertPair
     clients: dict[str, CertPair]
     sa_key: Path
     sa_pub: Path
@@ -86,14 +91,16 @@ def _sign(ca: CertPair, directory: Path, name: str, subject: str, extensions: st
     return CertPair(cert, key)
 
 
-def _server_cert(ca: CertPair, directory: Path) -> CertPair:
+def _serving_cert(
+    ca: CertPair, directory: Path, name: str, subject: str, sans: tuple[str, ...]
+) -> CertPair:
     ext = (
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
-        f"subjectAltName={','.join(SERVER_SANS)}\n"
+        f"subjectAltName={','.join(sans)}\n"
     )
-    return _sign(ca, directory, "apiserver", "/CN=kube-apiserver", ext)
+    return _sign(ca, directory, name, subject, ext)
 
 
 def _client_cert(ca: CertPair, directory: Path, name: str, user: str, group: str) -> CertPair:
@@ -114,6 +121,8 @@ CLIENTS = {
     "scheduler": ("system:kube-scheduler", ""),
     "kwok": ("kiln-kwok", "system:masters"),
     "executor": ("kiln-executor", "system:masters"),
+    # What the API server presents to kubelets (kwok) when it proxies pods/log, as in kubeadm.
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
 }
 
 
@@ -128,7 +137,8 @@ def make_pki(directory: Path) -> Pki:
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca = _make_ca(directory)
-    server = _server_cert(ca, directory)
+    server = _serving_cert(ca, directory, "apiserver", "/CN=kube-apiserver", SERVER_SANS)
+    kubelet = _serving_cert(ca, directory, "kubelet", "/CN=kwok-kubelet", KUBELET_SANS)
     clients = {
         name: _client_cert(ca, directory, name, user, group)
         for name, (user, group) in CLIENTS.items()
@@ -140,4 +150,4 @@ def make_pki(directory: Path) -> Pki:
     )
     sa_key.chmod(0o600)
     _openssl("pkey", "-in", str(sa_key), "-pubout", "-out", str(sa_pub))
-    return Pki(ca=ca, server=server, clients=clients, sa_key=sa_key, sa_pub=sa_pub)
+    return Pki(ca=ca, server=server, kubelet=kubelet, clients=clients, sa_key=sa_key, sa_pub=sa_pub)
