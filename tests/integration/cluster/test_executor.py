@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.cluster.kube import Cluster
 from tests.cluster.nodes import LOCAL_EXEC_NODE_SELECTOR, LOCAL_EXEC_TOLERATION
 from tests.cluster.procs import is_alive
-from tests.integration.cluster.manifests import RESTRICTED_SECURITY, container, job
+from tests.integration.cluster.manifests import RESTRICTED_SECURITY, container, job, pod
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +30,33 @@ out = {"plan": plan, "token": os.environ["TOKEN"], "ns": os.environ["POD_NAMESPA
 pathlib.Path("/artifacts/result.json").write_text(json.dumps(out))
 pathlib.Path("/dev/termination-log").write_text("published " + plan["model"])
 """
+
+
+# Says a few lines (one of them on stderr, one a JSON progress record), then waits for the test's
+# go-ahead so that the test reads the log while the container runs.
+TALKER = """
+import json, os, sys, time
+for i in range(1, 5):
+    print(f"step {i}", flush=True)
+print(json.dumps({"kiln_progress": {"stage": "calibrate", "percent": 42.0}}), flush=True)
+print("warning: on stderr", file=sys.stderr, flush=True)
+deadline = time.monotonic() + 120
+while not os.path.exists("/ctl/go") and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("finished", flush=True)
+"""
+TALKER_LINES = [
+    "step 1", "step 2", "step 3", "step 4",
+    '{"kiln_progress": {"stage": "calibrate", "percent": 42.0}}',
+    "warning: on stderr",
+]  # fmt: skip
+
+
+def _eventually(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.2)
 
 
 def _local_job(name: str, command: list[str], **kwargs: object) -> dict[str, object]:
@@ -189,3 +218,68 @@ def test_default_storage_class_provisions_the_directory_the_executor_mounts(
     kube.kubectl("delete", "job", "writer", "-n", namespace, "--cascade=foreground")
     kube.kubectl("delete", "pvc", "cache", "-n", namespace)
     kube.kubectl("wait", "--for=delete", f"pv/{pv}", "--timeout=60s")
+
+
+def test_kubectl_logs_serves_the_log_while_the_pod_runs_and_after(
+    kube: Cluster, namespace: str, local_exec_node: str
+) -> None:
+    from kubernetes import client
+
+    ctl = kube.create_bound_pvc(namespace, "ctl")
+    manifest = _local_job("talker", ["python", "-c", TALKER],
+                          volumeMounts=[{"name": "ctl", "mountPath": "/ctl"}])  # fmt: skip
+    manifest["spec"]["template"]["spec"]["volumes"] = [  # type: ignore[index]
+        {"name": "ctl", "persistentVolumeClaim": {"claimName": "ctl"}}
+    ]
+    kube.apply(manifest, namespace=namespace)
+    kube.wait_for("pod", namespace, selector="app=talker", jsonpath="{.status.phase}=Running")
+    (p,) = kube.pods(namespace, "app=talker")
+    name = p["metadata"]["name"]
+
+    def logs(*args: str) -> list[str]:
+        return kube.kubectl("logs", "-n", namespace, name, *args).stdout.splitlines()
+
+    def has_said_it_all() -> bool:
+        proc = kube.kubectl("logs", "-n", namespace, name, check=False)
+        return proc.returncode == 0 and proc.stdout.splitlines() == TALKER_LINES
+
+    # While it runs: the whole log, its tail, through kubectl and the Python client.
+    _eventually("kubectl logs to show what the container said", has_said_it_all)
+    assert logs("--tail=2") == TALKER_LINES[-2:]
+    core = client.CoreV1Api(kube.api_client())
+    tail = core.read_namespaced_pod_log(name, namespace, tail_lines=3)
+    assert tail.splitlines() == TALKER_LINES[-3:]
+    assert kube.get("pod", name, namespace)["status"]["phase"] == "Running"
+
+    # Following: what the container says next arrives on the open stream. (kwok keeps a
+    # follow stream open after the container ends, so the client closes it.)
+    stream: Any = core.read_namespaced_pod_log(
+        name, namespace, follow=True, tail_lines=1, _preload_content=False, _request_timeout=60
+    )
+    try:
+        assert stream.readline().decode().rstrip("\n") == TALKER_LINES[-1]
+        (ctl / "go").touch()
+        assert stream.readline().decode() == "finished\n"
+    finally:
+        stream.release_conn()
+
+    # After it ended: the same log, from the kubelet API and from the file.
+    kube.wait_for("job/talker", namespace, condition="Complete", timeout=90)
+    assert logs() == [*TALKER_LINES, "finished"]
+    assert logs("--tail=1") == ["finished"]
+    assert core.read_namespaced_pod_log(name, namespace, tail_lines=2).splitlines() == [
+        TALKER_LINES[-1], "finished"
+    ]  # fmt: skip
+    assert kube.executor_log(namespace, name).splitlines() == [*TALKER_LINES, "finished"]
+    stamped = logs("--timestamps")
+    assert [line.split(" ", 1)[1] for line in stamped] == [*TALKER_LINES, "finished"]
+
+
+def test_other_kwok_pods_have_no_logs_and_say_so_at_once(kube: Cluster, namespace: str) -> None:
+    kube.apply(pod("quiet"), namespace=namespace)
+    kube.wait_for("pod/quiet", namespace, jsonpath="{.status.phase}=Running")
+    started = time.monotonic()
+    proc = kube.kubectl("logs", "-n", namespace, "quiet", check=False)
+    assert proc.returncode != 0
+    assert "no logs found" in proc.stderr
+    assert time.monotonic() - started < 10
