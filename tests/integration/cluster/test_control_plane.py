@@ -110,5 +110,5 @@ def test_python_client_reaches_the_cluster(kube: Cluster) -> None:
     from kubernetes import client
 
     with kube.api_client() as api:
-        names = {n.metadata.name for n in client.CoreV1Api(api).list_node().items}
+        names = {n.metadata.name for n in client.CoreV1Api(api).list_node().items if n.metadata}
     assert {"gpu-h100-0", "gpu-b200-0", "cpu-0"} <= names
