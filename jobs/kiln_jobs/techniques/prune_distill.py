@@ -501,10 +501,23 @@ def _distill(
             percent_span=(30.0, 95.0),
         )
     finally:
-        student = mtd.export(model).eval()
+        student = _plain(mtd.export(model)).eval()
         for name, param in teacher.named_parameters():
             param.requires_grad_(teacher_grads[name])
     return student, result
+
+
+def _plain(student: PreTrainedModel) -> PreTrainedModel:
+    """Drop the modelopt state that distillation leaves on the exported student.
+
+    The state's `kd_loss` entry holds the whole teacher (kept alive, and serialised by anything
+    that saves modelopt state), and it makes later techniques see a converted model. The student
+    was built fresh and the input was not converted, so all of it comes from this distillation.
+    """
+    for key in ("_modelopt_state", "_modelopt_state_version"):
+        if hasattr(student, key):
+            delattr(student, key)
+    return student
 
 
 def _distill_metrics(result: TrainingResult) -> dict[str, float | int | str]:

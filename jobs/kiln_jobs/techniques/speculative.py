@@ -34,6 +34,7 @@ import torch
 from modelopt.torch.export import export_hf_checkpoint, export_speculative_decoding
 from modelopt.torch.opt import ModeloptStateManager
 from modelopt.torch.speculative.config import eagle3_default_config
+from modelopt.torch.speculative.plugins.hf_eagle import default_eagle_aux_layer_ids
 from safetensors import safe_open
 from transformers import PreTrainedModel
 
@@ -205,6 +206,12 @@ def _eagle_architecture(config: Any, num_layers: int) -> dict[str, Any]:
         rms_norm_eps=getattr(config, "rms_norm_eps", 1e-5),
         rope_scaling=rope,
         rope_theta=rope_theta,
+        # modelopt's default ids name layer 1 even in a 1-layer base; keep only layers that exist.
+        eagle_aux_hidden_state_layer_ids=sorted(
+            i
+            for i in default_eagle_aux_layer_ids(config.num_hidden_layers)
+            if i < config.num_hidden_layers
+        ),
         torch_dtype=str(getattr(config, "dtype", None) or torch.float32).removeprefix("torch."),
     )
     return arch

@@ -11,6 +11,7 @@ import modelopt.torch.quantization as mtq
 import pytest
 import torch
 from modelopt.torch.export import export_hf_checkpoint
+from modelopt.torch.opt import ModeloptStateManager
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from kiln_jobs.errors import UserError
@@ -116,6 +117,8 @@ def test_depth_pruned_model_has_the_exact_shape_and_count(deeper: Pruned) -> Non
     assert deeper.outcome.metrics["params_before"] == _params(4, 128)
     assert deeper.outcome.metrics["params_after"] == _params(3, 128)
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
+    # A plain HF model: no modelopt state (distillation's would hold the whole teacher).
+    assert not ModeloptStateManager.is_converted(model)
 
 
 def test_width_pruning_keeps_each_layers_active_neurons(narrower: Pruned) -> None:

@@ -178,6 +178,13 @@ def test_needs_training_or_a_draft(tmp_path: Path) -> None:
         speculative.run(make_context(tiny_llama(), tmp_path), SpeculativePlan(algorithm="medusa"))
 
 
+def test_eagle3_trains_on_a_one_layer_base(tmp_path: Path) -> None:
+    spec = SpeculativePlan(algorithm="eagle3", training=_training(steps=1))
+    outcome = speculative.run(make_context(tiny_llama(num_hidden_layers=1), tmp_path), spec)
+    config = json.loads((outcome.artifacts["draft"] / "config.json").read_text())
+    assert config["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [0]
+
+
 def test_quantized_base_is_refused_with_the_stack_order(tmp_path: Path) -> None:
     model = mtq.quantize(tiny_llama(), mtq.INT8_DEFAULT_CFG, forward_loop=None)
     spec = SpeculativePlan(algorithm="eagle3", training=_training())
