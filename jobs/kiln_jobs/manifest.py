@@ -7,7 +7,7 @@ compact `JobResult` that fits Kubernetes' 4 KiB limit.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,7 +27,7 @@ __all__ = [
     "StageResult",
 ]
 
-MANIFEST_API_VERSION = "kiln.dev/manifest-v1"
+MANIFEST_API_VERSION: Final = "kiln.dev/manifest-v1"
 MANIFEST_FILE = "manifest.json"
 # Kubernetes truncates a container's termination message beyond 4096 bytes.
 TERMINATION_MESSAGE_LIMIT = 4096

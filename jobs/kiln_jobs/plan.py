@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Final, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,7 +42,7 @@ __all__ = [
     "technique_label",
 ]
 
-PLAN_API_VERSION = "kiln.dev/plan-v1"
+PLAN_API_VERSION: Final = "kiln.dev/plan-v1"
 # Who asked and where the work is stored do not change what the work produces.
 _UNHASHED_FIELDS = ("metadata", "output")
 

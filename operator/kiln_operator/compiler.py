@@ -310,7 +310,7 @@ def _escalation_ladder(
     spec: EvaluationSpec, techniques: tuple[Technique, ...]
 ) -> tuple[tuple[Technique, ...], ...]:
     """PTQ → PTQ+QAT → PTQ+QAD: each rung adds the next technique right after the quantization
-    (before a speculative draft, which is trained on the final model)."""
+    (anything before it — pruning, a draft — stays as it was)."""
     escalation = spec.escalation
     training = _training(
         TrainingSpec(

@@ -381,5 +381,10 @@ def stack_problems(techniques: list[TechniqueSpec]) -> list[str]:
             ptq_format = ptq_format or own
         if technique.kind == "pruneDistill" and ptq_format is not None:
             problems.append(f"{where}: prune before quantizing: move pruneDistill before the ptq")
+        if technique.kind == "speculative" and ptq_format is not None:
+            problems.append(
+                f"{where}: train or attach the draft before quantizing: move speculative "
+                "before the ptq (the draft learns from the unquantized model)"
+            )
         seen.add(technique.kind)
     return problems

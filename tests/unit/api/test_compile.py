@@ -91,8 +91,8 @@ def test_plan_round_trips_through_json() -> None:
         _spec(
             techniques=[
                 {"pruneDistill": {"targetParams": "1.5B"}},
-                {"ptq": {"format": "fp8"}},
                 {"speculative": {"algorithm": "eagle3"}},
+                {"ptq": {"format": "fp8"}},
             ]
         )
     )
@@ -148,7 +148,7 @@ def test_prune_distill_targets() -> None:
 def test_escalation_ladder_ptq_then_qat_then_qad() -> None:
     plan = _plan(
         _spec(
-            techniques=[{"ptq": {"format": "int8_sq"}}, {"speculative": {"algorithm": "eagle3"}}],
+            techniques=[{"speculative": {"algorithm": "eagle3"}}, {"ptq": {"format": "int8_sq"}}],
             evaluation={
                 "maxDegradationPercent": 5,
                 "onGateFailure": "escalate",
@@ -157,8 +157,8 @@ def test_escalation_ladder_ptq_then_qat_then_qad() -> None:
         )
     )
     ladder = [[t.kind for t in rung] for rung in plan.evaluation.escalation]
-    assert ladder == [["ptq", "qat", "speculative"], ["ptq", "qad", "speculative"]]
-    assert plan.evaluation.escalation[0][1].training.steps == 9  # type: ignore[union-attr]
+    assert ladder == [["speculative", "ptq", "qat"], ["speculative", "ptq", "qad"]]
+    assert plan.evaluation.escalation[0][2].training.steps == 9  # type: ignore[union-attr]
 
 
 def test_escalation_from_qat_goes_to_qad_and_is_bounded() -> None:
