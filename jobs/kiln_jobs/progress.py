@@ -34,6 +34,8 @@ from kiln_jobs.manifest import Progress
 __all__ = ["PROGRESS_KEY", "ProgressLog", "StageProgress", "parse_progress_line"]
 
 PROGRESS_KEY = "kiln_progress"
+_MARKER = '{"' + PROGRESS_KEY + '"'
+_DECODER = json.JSONDecoder()
 
 
 class ProgressLog:
@@ -129,13 +131,17 @@ class StageProgress:
 
 
 def parse_progress_line(line: str) -> Progress | None:
-    """The `Progress` a log line carries, or None for any other line."""
-    text = line.strip()
-    if not text.startswith("{") or PROGRESS_KEY not in text:
+    """The `Progress` a log line carries, or None for any other line.
+
+    The JSON object may follow other text on the same line: where stdout and stderr share one
+    stream (a terminal, `2>&1`), a progress bar's carriage-return output can precede it.
+    """
+    start = line.find(_MARKER)
+    if start < 0:
         return None
     try:
-        body = json.loads(text)[PROGRESS_KEY]
-        return Progress.model_validate(body)
+        body, _ = _DECODER.raw_decode(line, start)
+        return Progress.model_validate(body[PROGRESS_KEY])
     except (ValueError, KeyError, TypeError):
         return None
 

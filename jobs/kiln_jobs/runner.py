@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import errno
 import functools
+import gc
 import logging
 import shutil
 import time
@@ -229,9 +230,13 @@ class Run:
     ) -> tuple[Any, list[TechniqueOutcome]]:
         """Apply each stack until one passes the gate; the passing model and its outcomes."""
         evaluation = self.plan.evaluation
+        first: Any = loaded.model
+        # The attempts own the loaded model now, so a failed attempt's model can be freed.
+        loaded.model = None
         for number, stack in enumerate(stacks, start=1):
             began = time.monotonic()
-            model = loaded.model if number == 1 else original.fresh()
+            model = first if number == 1 else original.fresh()
+            first = None
             model, outcomes = self._apply(stack, model, loaded, original, number)
             suffix = f"#{number}" if number > 1 else ""
             if stack:
@@ -264,6 +269,7 @@ class Run:
             if passed:
                 return model, outcomes
             del model, outcomes
+            _release_memory()
         raise AccuracyGateFailed(gate.failure_message(evaluation, self.attempts))
 
     def _apply(
@@ -447,6 +453,13 @@ class _Original:
         if self._copy is None:
             return self._reload()
         return copy.deepcopy(self._copy).to(self._device).eval()
+
+
+def _release_memory() -> None:
+    """Give a discarded model's memory back before the next attempt allocates its own."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _artifacts(outcomes: list[TechniqueOutcome]) -> dict[str, Path]:

@@ -78,6 +78,11 @@ def test_percent_is_clamped_to_the_contract_range() -> None:
         ('{"other": 1}', None),
         ('{"kiln_progress": {"stage": "qat", "percent": 400}}', None),
         ("{not json kiln_progress", None),
+        # A progress bar's carriage-return output before the line, as in a `2>&1` log.
+        (
+            'qat:  10%|███ | 00:00 , step 6\r{"kiln_progress":{"stage":"qat","percent":10}}',
+            ("qat", 10.0),
+        ),
     ],
 )
 def test_parse_progress_line(line: str, expected: tuple[str, float] | None) -> None:
