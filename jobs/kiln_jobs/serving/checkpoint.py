@@ -378,6 +378,11 @@ def load_checkpoint(checkpoint_dir: Path | str, *, dtype: torch.dtype = torch.fl
     _install_kv_scales(model, kv)
     _check_leftovers(state)
     _load_dense(model, state, dtype)
+    if (checkpoint_dir / "generation_config.json").is_file():
+        # End tokens and defaults as exported, not as re-derived from config.json.
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(checkpoint_dir)
     return model.eval()
 
 
