@@ -105,3 +105,33 @@ def test_no_server_outlives_a_killed_parent(tmp_path: Path) -> None:
         assert not group_alive(group)
     finally:
         parent.kill()
+
+
+def test_foreground_entry_point_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    from kiln_jobs.serving.tritonserver import free_ports
+
+    repository = _python_model(tmp_path / "repo", "pass")
+    http, grpc, metrics = free_ports(3)
+    command = [
+        sys.executable, "-m", "kiln_jobs.serving.tritonserver",
+        f"--model-repository={repository}",
+        f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready") as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the foreground server never became ready")
+        server.terminate()  # the kubelet's SIGTERM: tritonserver itself is the process (exec)
+        assert server.wait(timeout=60) == 0
+    finally:
+        server.kill()
