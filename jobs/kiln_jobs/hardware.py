@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "FAMILY_ORDER",
     "FORMAT_MIN_FAMILY",
     "KV_CACHE_MIN_FAMILY",
     "Accelerator",
@@ -31,7 +32,7 @@ _FAMILIES: tuple[tuple[str, tuple[int, int]], ...] = (
     ("hopper", (9, 0)),
     ("blackwell", (10, 0)),
 )
-_ORDER = tuple(name for name, _ in _FAMILIES)
+FAMILY_ORDER = tuple(name for name, _ in _FAMILIES)
 _EXAMPLE_GPU = {"ada": "L40S", "hopper": "H100", "blackwell": "B200", "ampere": "A100"}
 
 # The oldest generation whose TensorRT-LLM kernels run each format.
@@ -79,7 +80,7 @@ def detect() -> Accelerator:
 
 def family_of_capability(capability: tuple[int, int]) -> str:
     """The GPU generation of a CUDA compute capability, e.g. (9, 0) → "hopper"."""
-    family = _ORDER[0]
+    family = FAMILY_ORDER[0]
     for name, start in _FAMILIES:
         if capability >= start:
             family = name
@@ -103,7 +104,7 @@ def format_problem(fmt: str, kv_cache: str, accelerator: Accelerator) -> str | N
                 )
             continue
         family = accelerator.family
-        if family is not None and _ORDER.index(family) < _ORDER.index(minimum):
+        if family is not None and FAMILY_ORDER.index(family) < FAMILY_ORDER.index(minimum):
             return (
                 f"{what} {value} needs an NVIDIA {minimum.capitalize()} or newer GPU (e.g. "
                 f"{_EXAMPLE_GPU[minimum]}), but this job runs on {accelerator.name} "

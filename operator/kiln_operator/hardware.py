@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 
+# One table of which generation runs which format, shared with the job's own device check.
+from kiln_jobs.hardware import FAMILY_ORDER, FORMAT_MIN_FAMILY, KV_CACHE_MIN_FAMILY
+
 __all__ = [
     "FAMILY_LABEL",
     "FORMAT_MIN_FAMILY",
@@ -21,8 +24,6 @@ __all__ = [
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 FAMILY_LABEL = "nvidia.com/gpu.family"
 
-# Generations in order of capability (CUDA compute capability in the comment).
-_FAMILY_ORDER = ("volta", "turing", "ampere", "ada", "hopper", "blackwell")  # 7.0 … 10.0
 _FAMILY_PATTERNS: tuple[tuple[str, str], ...] = (
     ("blackwell", r"\bG?B[123]00\b|BLACKWELL|RTX-50[0-9]0|RTX-PRO-6000"),
     ("hopper", r"\bG?H[12]00\b|\bH[28]00\b|\bH20\b"),
@@ -31,16 +32,6 @@ _FAMILY_PATTERNS: tuple[tuple[str, str], ...] = (
     ("turing", r"\bT4\b|RTX-20[0-9]0|QUADRO-RTX"),
     ("volta", r"\bV100\b"),
 )
-
-# The oldest generation whose TensorRT-LLM kernels run each format.
-FORMAT_MIN_FAMILY: dict[str, str] = {
-    "fp8": "ada",
-    "nvfp4": "blackwell",
-    "int8_sq": "ampere",
-    "int4_awq": "ampere",
-    "w4a8_awq": "ada",
-}
-KV_CACHE_MIN_FAMILY: dict[str, str] = {"fp8": "ada", "nvfp4": "blackwell"}
 
 
 def family_of_product(product: str) -> str | None:
@@ -63,7 +54,7 @@ def normalize_family(label: str) -> str:
 
 
 def _older(family: str, minimum: str) -> bool:
-    return _FAMILY_ORDER.index(family) < _FAMILY_ORDER.index(minimum)
+    return FAMILY_ORDER.index(family) < FAMILY_ORDER.index(minimum)
 
 
 def format_support_problem(
@@ -74,7 +65,7 @@ def format_support_problem(
     if family is None:
         return None
     family = normalize_family(family)
-    if family not in _FAMILY_ORDER:
+    if family not in FAMILY_ORDER:
         return None
     minimum = FORMAT_MIN_FAMILY.get(fmt)
     if minimum and _older(family, minimum):
