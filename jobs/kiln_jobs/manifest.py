@@ -113,11 +113,15 @@ class Manifest(_Model):
 
 
 class Progress(_Model):
-    """A progress report: printed as a log line, written to the progress file."""
+    """A progress report: printed as a log line, written to the progress file.
+
+    `percent` is within the stage; `overall` is of the whole run (stages weighted by their
+    usual share of the time), never going backwards."""
 
     stage: str
     percent: float = Field(ge=0, le=100)
     message: str = ""
+    overall: float | None = Field(default=None, ge=0, le=100)
 
 
 class JobResult(_Model):

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TextIO
@@ -34,6 +35,8 @@ from kiln_jobs.manifest import Progress
 __all__ = ["PROGRESS_KEY", "ProgressLog", "StageProgress", "parse_progress_line"]
 
 PROGRESS_KEY = "kiln_progress"
+# Weight of a stage the run did not announce (see `ProgressLog.expect`).
+UNPLANNED_WEIGHT = 5.0
 _MARKER = '{"' + PROGRESS_KEY + '"'
 _DECODER = json.JSONDecoder()
 
@@ -60,6 +63,33 @@ class ProgressLog:
         self.min_interval = min_interval
         self.bars = bars
         self.latest: Progress | None = None
+        self._weights: dict[str, float] = {}
+        self._total = 0.0
+        self._done = 0.0
+        self._overall = 0.0
+
+    def expect(self, stages: Sequence[tuple[str, float]]) -> None:
+        """The stages the run plans, with their relative weights, so updates carry an overall
+        percent. Stages not announced here (an escalation attempt) count with weight
+        `UNPLANNED_WEIGHT` and stretch the total as they come."""
+        self._weights = dict(stages)
+        self._total = sum(self._weights.values())
+
+    def overall(self, stage: str, percent: float) -> float | None:
+        """Percent of the whole run, given a stage's own percent; None without a plan."""
+        if not self._total:
+            return None
+        weight = self._weights.get(stage, UNPLANNED_WEIGHT)
+        total = max(self._total, self._done + weight)
+        value = 100.0 * (self._done + weight * percent / 100.0) / total
+        self._overall = max(self._overall, min(value, 100.0))
+        return round(self._overall, 1)
+
+    def finished(self, stage: str) -> None:
+        """Count a finished stage's weight as done."""
+        if self._total:
+            self._done += self._weights.get(stage, UNPLANNED_WEIGHT)
+            self._total = max(self._total, self._done)
 
     def stage(self, name: str) -> StageProgress:
         """Progress of one stage; use as a context manager, call it with (percent, message)."""
@@ -69,7 +99,8 @@ class ProgressLog:
         """Publish one update now: a stdout line and the progress file."""
         self.latest = update
         stream = self._stream or sys.stdout
-        line = json.dumps({PROGRESS_KEY: update.model_dump(mode="json")}, separators=(",", ":"))
+        body = update.model_dump(mode="json", exclude_none=True)
+        line = json.dumps({PROGRESS_KEY: body}, separators=(",", ":"))
         stream.write(line + "\n")
         stream.flush()
         if self.progress_file is not None:
@@ -102,7 +133,12 @@ class StageProgress:
     def __call__(self, percent: float, message: str = "") -> None:
         """Record that the stage is `percent` done; written now or at the next chance."""
         percent = min(max(float(percent), 0.0), 100.0)
-        update = Progress(stage=self.name, percent=round(percent, 1), message=message)
+        update = Progress(
+            stage=self.name,
+            percent=round(percent, 1),
+            message=message,
+            overall=self.log.overall(self.name, percent),
+        )
         if self._bar is not None:
             self._bar.n = percent
             self._bar.set_postfix_str(message[-60:], refresh=False)
@@ -123,6 +159,7 @@ class StageProgress:
             self._emit(self._pending, time.monotonic())
         if self._bar is not None:
             self._bar.close()
+        self.log.finished(self.name)
 
     def _emit(self, update: Progress, now: float) -> None:
         self.log.write(update)

@@ -124,6 +124,27 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+# Rough share of a CPU or GPU run's time per stage kind, for the overall percent only.
+_TECHNIQUE_WEIGHTS = {
+    "ptq": 15.0,
+    "qat": 40.0,
+    "qad": 45.0,
+    "speculative": 40.0,
+    "prune_distill": 50.0,
+}
+
+
+def stage_weights(plan: Plan) -> list[tuple[str, float]]:
+    """The stages a run of `plan` goes through when its first stack passes, with weights."""
+    stages = [("preflight", 0.5), ("load", 5.0), ("baseline", 5.0)]
+    stages += [(technique_label(t), _TECHNIQUE_WEIGHTS[t.kind]) for t in plan.techniques]
+    if plan.techniques:
+        stages.append(("evaluate", 5.0))
+    engine_weight = 25.0 if plan.engine.backend == "tensorrt-llm" else 0.5
+    stages += [("export", 4.0), ("engine", engine_weight), ("repository", 0.5), ("publish", 1.0)]
+    return stages
+
+
 class Run:
     """One execution of a Plan: what ran, what it measured, and the record a failure leaves."""
 
@@ -140,6 +161,7 @@ class Run:
         self.checkpoint_facts: dict[str, Any] = {}
         self.device = torch.device("cpu")  # set by the preflight stage
         self._blocks: dict[tuple[DataRef, str], torch.Tensor] = {}
+        progress.expect(stage_weights(plan))
 
     def job_result(self, error: KilnJobError) -> JobResult:
         """The termination message of a failed run: the reason and what happened before it."""

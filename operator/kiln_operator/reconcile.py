@@ -56,6 +56,8 @@ __all__ = [
 
 Obj = dict[str, Any]
 _CAMEL_HUMP = re.compile(r"(?<!^)(?=[A-Z])")
+# Decimals kept in status: what a person compares, not float noise.
+_DIGITS = {"degradation_percent": 2, "perplexity": 3, "baseline_perplexity": 3}
 
 
 @dataclass(frozen=True)
@@ -326,7 +328,10 @@ def _camel(name: str) -> str:
 
 def _record_published(status: _Status, published: Published) -> None:
     if published.metrics:
-        metrics = {_camel(k): v for k, v in published.metrics.model_dump(exclude_none=True).items()}
+        metrics = {
+            _camel(k): round(v, _DIGITS.get(k, 4)) if isinstance(v, float) else v
+            for k, v in published.metrics.model_dump(exclude_none=True).items()
+        }
         base, size = metrics.get("baselineSizeBytes"), metrics.get("sizeBytes")
         if base and size:
             metrics["compressionRatio"] = round(base / size, 3)
@@ -399,10 +404,11 @@ def _job_in_progress(
         progress = observed.progress
         message = "optimizing"
         if progress:
-            message = f"{progress.stage}: {progress.message or ''} ({progress.percent:.0f}%)"
+            message = f"{progress.stage} {progress.percent:.0f}%: {progress.message or ''}"
+            overall = progress.overall if progress.overall is not None else progress.percent
             status.fields["progress"] = {
                 "stage": progress.stage,
-                "percent": int(progress.percent),
+                "percent": int(overall),
                 "message": progress.message or None,
             }
         status.working("Optimizing", "JobRunning", message)

@@ -88,3 +88,62 @@ def test_percent_is_clamped_to_the_contract_range() -> None:
 def test_parse_progress_line(line: str, expected: tuple[str, float] | None) -> None:
     parsed = parse_progress_line(line)
     assert (None if parsed is None else (parsed.stage, parsed.percent)) == expected
+
+
+def test_overall_percent_is_weighted_and_never_goes_back() -> None:
+    import io
+
+    from kiln_jobs.progress import ProgressLog
+
+    log = ProgressLog(stream=io.StringIO(), min_interval=0.0, bars=False)
+    log.expect([("load", 10.0), ("ptq(fp8)", 30.0), ("evaluate", 10.0)])
+    with log.stage("load") as progress:
+        progress(50.0)
+        assert log.latest is not None and log.latest.overall == 10.0
+    with log.stage("ptq(fp8)") as progress:
+        progress(50.0)
+        assert log.latest.overall == 50.0
+    # An escalation attempt the plan did not announce stretches the total, never the past.
+    with log.stage("qat#2") as progress:
+        progress(0.0)
+        assert log.latest.overall >= 80.0
+    with log.stage("evaluate") as progress:
+        progress(100.0)
+    assert log.latest.overall <= 100.0
+
+
+def test_stage_weights_follow_the_plan() -> None:
+    from kiln_jobs.plan import (
+        DataRef,
+        EvaluationPlan,
+        ModelRef,
+        OutputPlan,
+        Plan,
+        PlanMetadata,
+        PTQPlan,
+        QATPlan,
+        TrainingPlan,
+    )
+    from kiln_jobs.runner import stage_weights
+
+    data = DataRef(samples=2, seq_length=8)
+    plan = Plan(
+        metadata=PlanMetadata(name="p"), model=ModelRef(source="file:///m"),
+        techniques=(PTQPlan(format="fp8", calibration=data),
+                    QATPlan(training=TrainingPlan(steps=1, learning_rate=1e-5, batch_size=1,
+                                                  data=data, checkpoint_every=1))),
+        evaluation=EvaluationPlan(data=data, stride=8), output=OutputPlan(store="file:///s"),
+    )  # fmt: skip
+    names = [name for name, _ in stage_weights(plan)]
+    assert names == [
+        "preflight",
+        "load",
+        "baseline",
+        "ptq(fp8)",
+        "qat",
+        "evaluate",
+        "export",
+        "engine",
+        "repository",
+        "publish",
+    ]

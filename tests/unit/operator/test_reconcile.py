@@ -153,13 +153,13 @@ def test_missing_secret_is_stalled_until_it_appears(config: OperatorConfig) -> N
 
 
 def test_running_job_reports_progress(config: OperatorConfig) -> None:
-    progress = Progress(stage="calibrate", percent=42.4, message="batch 27/64")
+    progress = Progress(stage="calibrate", percent=42.4, message="batch 27/64", overall=18.6)
     observed = Observed(job=job_obj("j"), job_pods=[pod_obj()], progress=progress)
     decision = decide(_prepared(config), observed, config, NOW)
     assert decision.status["phase"] == "Optimizing"
     assert decision.status["progress"] == {
         "stage": "calibrate",
-        "percent": 42,
+        "percent": 18,
         "message": "batch 27/64",
     }
     assert "calibrate" in _cond(decision, "Reconciling")["message"]
