@@ -3,6 +3,8 @@
     python -m kiln_jobs run --plan plan.json --workdir DIR \\
         [--progress-file FILE] [--termination-log /dev/termination-log]
     python -m kiln_jobs plan-hash --plan plan.json
+    python -m kiln_jobs fetch --store URI --plan-hash H --dest DIR   (Triton's init container)
+    python -m kiln_jobs delete --store URI --plan-hash H             (retention: delete)
 
 Exit codes are `kiln_jobs.errors.ExitCode`: 0 on success, a distinct code per user-facing failure
 (one line on stderr, no traceback), 1 with a traceback for anything else (a bug). The termination
@@ -41,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plan-hash":
             print(read_plan(args.plan).hash())
             return ExitCode.OK
+        if args.command == "fetch":
+            return _fetch(args)
+        if args.command == "delete":
+            return _delete(args)
         return _run(args)
     except KilnJobError as err:
         print(f"kiln: {err.reason}: {err.message}", file=sys.stderr)
@@ -60,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--termination-log", type=Path, help="where the JobResult is written")
     plan_hash = commands.add_parser("plan-hash", help="print a Plan's hash (its artifacts' key)")
     plan_hash.add_argument("--plan", type=Path, required=True, help="the Plan as JSON")
+    fetch = commands.add_parser("fetch", help="copy a published plan here, digests checked")
+    fetch.add_argument("--store", required=True, help="the artifact store URI")
+    fetch.add_argument("--plan-hash", required=True, help="which published plan")
+    fetch.add_argument("--dest", type=Path, required=True, help="directory to fill")
+    delete = commands.add_parser("delete", help="unpublish a plan and delete its artifacts")
+    delete.add_argument("--store", required=True, help="the artifact store URI")
+    delete.add_argument("--plan-hash", required=True, help="which published plan")
     return parser
 
 
@@ -103,6 +116,27 @@ def _run(args: argparse.Namespace) -> int:
     _terminate(args.termination_log, result.job_result())
     where = result.published_dir or result.published_uri
     log.info("%s %s", "already published at" if result.reused else "published", where)
+    return ExitCode.OK
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from kiln_jobs.publish import open_store
+
+    store = open_store(args.store, args.dest / ".kiln-staging")
+    manifest = store.fetch(args.plan_hash, args.dest)
+    log.info(
+        "fetched %s/%s: %d files, digests checked", args.store, args.plan_hash, len(manifest.files)
+    )
+    return ExitCode.OK
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from kiln_jobs.publish import open_store
+
+    removed = open_store(args.store, Path("/tmp")).remove(args.plan_hash)
+    log.info(
+        "%s %s/%s", "deleted" if removed else "nothing to delete at", args.store, args.plan_hash
+    )
     return ExitCode.OK
 
 

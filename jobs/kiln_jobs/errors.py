@@ -1,7 +1,8 @@
 """User-facing failures of a job, each with its own exit code.
 
-The operator's Job `podFailurePolicy` fails the Job at once on the user-error codes (retrying cannot
-fix a bad path or a format this GPU lacks) and retries everything else (bugs, OOM kills, preemption).
+The operator's Job `podFailurePolicy` fails the Job at once on the user-error codes (retrying
+cannot fix a bad path or a format this GPU lacks) and retries everything else (bugs, OOM kills,
+preemption).
 Keep the codes stable: they are part of the operator↔job contract.
 """
 

@@ -1,20 +1,20 @@
 """The Plan: everything an optimization job needs to know, and nothing secret.
 
-The operator compiles a `ModelOptimization` spec into a Plan, mounts it into the Job as JSON, and the
-runner executes it; `kiln run` does the same on one machine. Every default is resolved at compile
-time, so a Plan read alone says exactly what will run.
+The operator compiles a `ModelOptimization` spec into a Plan, mounts it into the Job as JSON, and
+the runner executes it; `kiln run` does the same on one machine. Every default is resolved at
+compile time, so a Plan read alone says exactly what will run.
 
-`Plan.hash()` covers the recipe only (model, techniques, evaluation, export, engine, serving, target
-hardware and runtime image). It is the cache key of the published artifacts: two resources with the
-same recipe share `<store>/<hash>/`. Where the work is stored and which resource asked for it are not
-part of the hash.
+`Plan.hash()` covers the recipe only (model, techniques, evaluation, export, engine, serving,
+target hardware and runtime image). It is the cache key of the published artifacts: two resources
+with the same recipe share `<store>/<hash>/`. Where the work is stored and which resource asked
+for it are not part of the hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Final, Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 

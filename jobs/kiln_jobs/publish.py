@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from kiln_jobs.errors import UserError
+from kiln_jobs.errors import SourceNotFound, UserError
 from kiln_jobs.manifest import MANIFEST_FILE, FileDigest, Manifest
 from kiln_jobs.sources import s3
 from kiln_jobs.sources.uri import local_path, parse_uri
@@ -77,6 +77,14 @@ class Store(Protocol):
         """Remove a staging directory that will not be committed."""
         ...
 
+    def fetch(self, plan_hash: str, dest: Path) -> Manifest:
+        """Copy a published plan into `dest`, checking every file against its digest."""
+        ...
+
+    def remove(self, plan_hash: str) -> bool:
+        """Unpublish a plan (its manifest first) and delete its files; False if absent."""
+        ...
+
 
 def open_store(uri: str, workdir: Path) -> Store:
     """The store for an `output.store` URI; `workdir` holds local staging for remote stores."""
@@ -85,7 +93,8 @@ def open_store(uri: str, workdir: Path) -> Store:
         return DirectoryStore(local_path(parsed), uri=uri.rstrip("/"))
     if parsed.scheme == "s3":
         bucket, prefix = s3.split(parsed)
-        return ObjectStore(s3.open_bucket(bucket), prefix, uri.rstrip("/"), workdir / "staging")
+        bucket_store = s3.open_bucket(bucket, env_prefix=s3.STORE_ENV_PREFIX)
+        return ObjectStore(bucket_store, prefix, uri.rstrip("/"), workdir / "staging")
     raise UserError(f"output.store {uri}: artifacts go to file://, pvc:// or s3://")
 
 
@@ -161,6 +170,31 @@ class DirectoryStore:
         """See `Store.discard`."""
         shutil.rmtree(staging, ignore_errors=True)
 
+    def fetch(self, plan_hash: str, dest: Path) -> Manifest:
+        """See `Store.fetch`."""
+        published = self._published(plan_hash)
+        source = self.root / plan_hash
+        for entry in published.manifest.files:
+            _copy_checked(source / entry.path, dest / entry.path, entry)
+        _write_manifest(dest, published.manifest)
+        return published.manifest
+
+    def remove(self, plan_hash: str) -> bool:
+        """See `Store.remove`: one rename takes the plan out of sight, then the files go."""
+        final = self.root / plan_hash
+        if not final.exists():
+            return False
+        doomed = self.root / f".removing-{plan_hash}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        return True
+
+    def _published(self, plan_hash: str) -> Published:
+        published = self.existing(plan_hash)
+        if published is None:
+            raise SourceNotFound(f"{self.uri}/{plan_hash} is not published (no manifest.json)")
+        return published
+
     def _remove_stale_staging(self, plan_hash: str) -> None:
         """Remove staging directories of killed runs (old enough not to be a live one)."""
         now = time.time()
@@ -210,6 +244,44 @@ class ObjectStore:
     def discard(self, staging: Path) -> None:
         """See `Store.discard`."""
         shutil.rmtree(staging, ignore_errors=True)
+
+    def fetch(self, plan_hash: str, dest: Path) -> Manifest:
+        """See `Store.fetch`."""
+        published = self.existing(plan_hash)
+        if published is None:
+            raise SourceNotFound(f"{self.uri}/{plan_hash} is not published (no manifest.json)")
+        where = f"{self.uri}/{plan_hash}"
+        for entry in published.manifest.files:
+            target = dest / entry.path
+            s3.download_file(self.store, self._key(plan_hash, entry.path), target, what=where)
+            _check_digest(target, entry)
+        _write_manifest(dest, published.manifest)
+        return published.manifest
+
+    def remove(self, plan_hash: str) -> bool:
+        """See `Store.remove`: the manifest first, so a half-deleted plan is never served."""
+        published = self.existing(plan_hash)
+        if published is None:
+            return False
+        where = f"{self.uri}/{plan_hash}"
+        s3.delete_keys(self.store, [self._key(plan_hash, MANIFEST_FILE)], what=where)
+        keys = [self._key(plan_hash, entry.path) for entry in published.manifest.files]
+        s3.delete_keys(self.store, keys, what=where)
+        return True
+
+
+def _check_digest(path: Path, entry: FileDigest) -> None:
+    if sha256_file(path) != entry.sha256:
+        raise UserError(
+            f"{entry.path}: its sha256 does not match the manifest; the published plan was "
+            "changed after publishing, so it is not served"
+        )
+
+
+def _copy_checked(source: Path, target: Path, entry: FileDigest) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    _check_digest(target, entry)
 
 
 def _read(path: Path) -> bytes | None:

@@ -15,6 +15,7 @@ Functions take any obstore store, so tests can pass a `LocalStore` or `MemorySto
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +36,9 @@ from kiln_jobs.sources.uri import Uri
 
 __all__ = [
     "CREDENTIAL_ENV",
+    "STORE_ENV_PREFIX",
+    "delete_keys",
+    "download_file",
     "download_prefix",
     "open_bucket",
     "read_bytes",
@@ -57,13 +61,30 @@ def split(uri: Uri) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def open_bucket(bucket: str) -> Any:
+# The operator hands the artifact store's credentials to a Job under this prefix, so they never
+# collide with the model source's (both are AWS_* keys).
+STORE_ENV_PREFIX = "KILN_STORE_"
+
+
+def _environment(prefix: str) -> dict[str, str]:
+    """The environment with `prefix`ed variables taking the place of their plain names."""
+    env = dict(os.environ)
+    if prefix:
+        env.update({k[len(prefix) :]: v for k, v in os.environ.items() if k.startswith(prefix)})
+    return env
+
+
+def open_bucket(bucket: str, *, env_prefix: str = "") -> Any:
     """An obstore S3 store for `bucket`, configured from the environment.
+
+    Args:
+        bucket: The bucket name.
+        env_prefix: Read `<prefix>AWS_…` before `AWS_…` (the artifact store's credentials).
 
     Raises:
         MissingCredentials: the environment holds no S3 credentials.
     """
-    env = os.environ
+    env = _environment(env_prefix)
     has_keys = all(env.get(name) for name in CREDENTIAL_ENV)
     if not has_keys and not any(env.get(name) for name in _IDENTITY_ENV):
         raise MissingCredentials(
@@ -125,6 +146,20 @@ def upload_file(store: Any, key: str, path: Path, *, what: str) -> None:
     """Put one local file at `key` (a single atomic put, multipart for large files)."""
     with _translated(what):
         obstore.put(store, key, path)
+
+
+def download_file(store: Any, key: str, target: Path, *, what: str) -> None:
+    """Copy one object to `target` (written aside, then renamed into place)."""
+    with _translated(what):
+        _download(store, key, target)
+
+
+def delete_keys(store: Any, keys: list[str], *, what: str) -> None:
+    """Delete objects; keys that are already gone are fine."""
+    with _translated(what):
+        for key in keys:
+            with contextlib.suppress(NotFoundError, FileNotFoundError):
+                obstore.delete(store, key)
 
 
 def _exists(store: Any, key: str) -> bool:

@@ -1,0 +1,84 @@
+"""`python -m kiln_jobs fetch` and `delete`: Triton's init container and retention: delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import obstore
+import pytest
+from obstore.store import MemoryStore
+
+from kiln_jobs.__main__ import main
+from kiln_jobs.errors import ExitCode
+from kiln_jobs.manifest import MANIFEST_FILE, CheckpointInfo, Manifest, Metrics
+from kiln_jobs.plan import DataRef, EvaluationPlan, ModelRef, OutputPlan, Plan, PlanMetadata
+from kiln_jobs.publish import DirectoryStore, ObjectStore, digest_files
+
+pytestmark = pytest.mark.unit
+
+
+def _publish(store: DirectoryStore | ObjectStore, tmp_path: Path) -> str:
+    plan = Plan(
+        metadata=PlanMetadata(name="p"), model=ModelRef(source="file:///m"), techniques=(),
+        evaluation=EvaluationPlan(data=DataRef(samples=1, seq_length=8), stride=8),
+        output=OutputPlan(store="file:///s"),
+    )  # fmt: skip
+    staging = store.staging(plan.hash())
+    (staging / "checkpoint").mkdir()
+    (staging / "checkpoint" / "model.safetensors").write_bytes(b"weights")
+    (staging / "triton" / "model" / "1").mkdir(parents=True)
+    (staging / "triton" / "model" / "config.pbtxt").write_text('name: "model"')
+    manifest = Manifest(
+        plan_hash=plan.hash(), plan=plan, created_at="now", stages=[], metrics=Metrics(),
+        checkpoint=CheckpointInfo(), files=digest_files(staging),
+    )  # fmt: skip
+    store.commit(staging, manifest)
+    return plan.hash()
+
+
+def test_fetch_copies_and_checks_digests(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "store")
+    plan_hash = _publish(store, tmp_path)
+    dest = tmp_path / "model"
+    uri = (tmp_path / "store").as_uri()
+    assert main(["fetch", "--store", uri, "--plan-hash", plan_hash, "--dest", str(dest)]) == 0
+    assert (dest / "checkpoint" / "model.safetensors").read_bytes() == b"weights"
+    assert (dest / MANIFEST_FILE).exists()
+
+
+def test_fetch_refuses_a_tampered_plan(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    store = DirectoryStore(tmp_path / "store")
+    plan_hash = _publish(store, tmp_path)
+    (tmp_path / "store" / plan_hash / "checkpoint" / "model.safetensors").write_bytes(b"evil")
+    uri = (tmp_path / "store").as_uri()
+    code = main(["fetch", "--store", uri, "--plan-hash", plan_hash, "--dest", str(tmp_path / "d")])
+    assert code == ExitCode.USER_ERROR
+    assert "sha256 does not match" in capsys.readouterr().err
+
+
+def test_fetch_of_an_unpublished_plan(tmp_path: Path) -> None:
+    uri = (tmp_path / "store").as_uri()
+    code = main(["fetch", "--store", uri, "--plan-hash", "0" * 16, "--dest", str(tmp_path / "d")])
+    assert code == ExitCode.SOURCE_NOT_FOUND
+
+
+def test_delete_unpublishes_and_removes(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "store")
+    plan_hash = _publish(store, tmp_path)
+    uri = (tmp_path / "store").as_uri()
+    assert main(["delete", "--store", uri, "--plan-hash", plan_hash]) == 0
+    assert store.existing(plan_hash) is None
+    assert not any((tmp_path / "store").iterdir())
+    assert main(["delete", "--store", uri, "--plan-hash", plan_hash]) == 0  # idempotent
+
+
+def test_object_store_fetch_and_remove(tmp_path: Path) -> None:
+    bucket = MemoryStore()
+    store = ObjectStore(bucket, "kiln", "s3://bucket/kiln", tmp_path / "staging")
+    plan_hash = _publish(store, tmp_path)
+    manifest = store.fetch(plan_hash, tmp_path / "model")
+    assert (tmp_path / "model" / "triton" / "model" / "config.pbtxt").exists()
+    assert len(manifest.files) == 2
+    assert store.remove(plan_hash) and store.existing(plan_hash) is None
+    assert list(obstore.list(bucket, "kiln").collect()) == []
+    assert not store.remove(plan_hash)
