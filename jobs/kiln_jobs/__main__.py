@@ -93,6 +93,10 @@ def read_plan(path: Path) -> Plan:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Before torch is imported (below): threads sized to the container's CPU quota.
+    from kiln_jobs.threads import configure_cpu_threads
+
+    configure_cpu_threads()
     # Imported here: torch and Model Optimizer take seconds to import and `plan-hash` needs neither.
     from kiln_jobs.progress import ProgressLog
     from kiln_jobs.runner import Run

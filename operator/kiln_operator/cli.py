@@ -116,7 +116,9 @@ def _run(args: argparse.Namespace) -> int:
     except CompileError as error:
         raise SystemExit(f"{args.file}: {error}") from None
     from kiln_jobs.errors import KilnJobError
+    from kiln_jobs.threads import configure_cpu_threads
 
+    configure_cpu_threads()  # before torch is imported
     try:
         from kiln_jobs.local import run_local
     except ImportError as error:
