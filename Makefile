@@ -13,6 +13,7 @@ help:
 	@echo "make test    create .venv, install everything, run the whole test suite"
 	@echo "make crds    regenerate crds/ from the pydantic API"
 	@echo "make lint    ruff + mypy"
+	@echo "make bench   benchmarks: formats on SmolLM2, operator at scale (bench/results/)"
 	@echo "make cluster run the test cluster in the foreground; prints KUBECONFIG=..."
 
 # The venv is rebuilt when the dependency list changes.
@@ -51,6 +52,12 @@ cluster: venv kube-tools cluster-bins
 
 demo: venv
 	$(BIN)/kiln run -f examples/quickstart.yaml
+
+# Benchmarks (not part of `make test`): every CPU format on SmolLM2 end to end, and the
+# operator converging many resources on the test cluster. Results in bench/results/.
+bench: venv kube-tools cluster-bins
+	$(BIN)/python -m bench.formats
+	$(BIN)/python -m bench.operator_scale
 
 lint: venv
 	$(BIN)/ruff check operator jobs tests bench

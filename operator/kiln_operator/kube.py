@@ -26,6 +26,7 @@ from kiln_operator.naming import (
     OWNER_LABEL,
     deployment_name,
     job_name,
+    selector_labels,
     short_hash,
 )
 from kiln_operator.reconcile import Decision, Event, Observed, Prepared
@@ -118,6 +119,8 @@ class KubeApi:
             observed.job_pods = self._job_pods(namespace, observed.job)
             observed.progress = self._progress(namespace, observed.job_pods)
         observed.deployment = self._get("Deployment", namespace, deployment_name(name))
+        if observed.deployment is not None:
+            observed.serving_pods = self._pods(namespace, selector_labels(name, "serving"))
         stale = f"{OWNER_LABEL}={name},{HASH_LABEL}!={short_hash(plan_hash)}"
         observed.stale_jobs = self._names("Job", namespace, stale)
         observed.stale_configmaps = self._names("ConfigMap", namespace, stale)
@@ -147,9 +150,12 @@ class KubeApi:
         return [item["metadata"]["name"] for item in listing.to_dict().get("items", [])]
 
     def _job_pods(self, namespace: str, job: Obj) -> list[Obj]:
-        uid = job["metadata"]["uid"]
+        return self._pods(namespace, {"controller-uid": job["metadata"]["uid"]})
+
+    def _pods(self, namespace: str, labels: dict[str, str]) -> list[Obj]:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
         pods = self.core.list_namespaced_pod(
-            namespace, label_selector=f"controller-uid={uid}", _request_timeout=self.timeout
+            namespace, label_selector=selector, _request_timeout=self.timeout
         )
         return [self.api_client.sanitize_for_serialization(p) for p in pods.items]
 

@@ -102,6 +102,7 @@ class Observed:
     progress: Progress | None = None
     published: Published | None = None
     deployment: Obj | None = None
+    serving_pods: list[Obj] = field(default_factory=list)
     stale_jobs: list[str] = field(default_factory=list)
     stale_configmaps: list[str] = field(default_factory=list)
     missing_claims: list[str] = field(default_factory=list)
@@ -441,6 +442,19 @@ def _rollout(deployment: Obj | None, plan_hash: str, replicas: int) -> tuple[boo
     return False, f"{available}/{replicas} Triton replicas ready, {updated} updated"
 
 
+def _unschedulable(pods: list[Obj]) -> str | None:
+    """The scheduler's reason for a pending Triton pod, if one is stuck."""
+    for pod in pods:
+        for condition in (pod.get("status") or {}).get("conditions") or []:
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                return str(condition.get("message", "")).split(" preemption:")[0]
+    return None
+
+
 def _serve(
     status: _Status,
     prepared: Prepared,
@@ -479,6 +493,9 @@ def _serve(
         return decision
     done, message = _rollout(observed.deployment, plan_hash, serving.replicas)
     if not done:
+        waiting = _unschedulable(observed.serving_pods)
+        if waiting:
+            message = f"{message}; Triton cannot be scheduled: {waiting}"
         status.condition(DEPLOYED, "False", "RollingOut", message)
         if message.startswith("Triton did not become ready"):
             status.stalled("Deploying", "TritonNotReady", message)

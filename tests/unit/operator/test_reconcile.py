@@ -389,3 +389,15 @@ def test_plan_change_is_a_new_job_serving_only_change_is_not(config: OperatorCon
     new_format = _prepared(config, techniques=[{"ptq": {"format": "int8_sq"}}])
     assert more_replicas.plan_hash == base.plan_hash
     assert new_format.plan_hash != base.plan_hash
+
+
+def test_rollout_stuck_on_scheduling_says_why(config: OperatorConfig) -> None:
+    prepared = _prepared(config)
+    observed = _succeeded(prepared)
+    observed.deployment = _deployment(prepared, available=0)
+    message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes"
+    observed.serving_pods = [pod_obj(phase="Pending", unschedulable=message)]
+    decision = decide(prepared, observed, config, NOW)
+    reconciling = _cond(decision, "Reconciling")
+    assert "Triton cannot be scheduled: 0/3 nodes are available" in reconciling["message"]
+    assert "preemption" not in reconciling["message"]
