@@ -136,6 +136,8 @@ class JobResult(_Model):
     stages: list[StageResult] = Field(default_factory=list)
     # Every stack tried against the accuracy gate; kept when the gate failed (nothing published).
     attempts: list[Attempt] = Field(default_factory=list)
+    # How the published plan is served, so the operator starts Triton the right way.
+    serving_runtime: Literal["python", "tensorrtllm-pytorch", "tensorrtllm-engine"] | None = None
 
     def to_termination_message(self) -> str:
         """Compact JSON under Kubernetes' limit; stage details, then attempts, are dropped first

@@ -96,6 +96,7 @@ class RunResult:
             checkpoint=self.manifest.checkpoint,
             stages=self.manifest.stages,
             attempts=self.manifest.attempts,
+            serving_runtime=self.manifest.serving_runtime,
         )
 
 

@@ -29,8 +29,8 @@ class OperatorConfig(BaseModel):
     """Default Triton image for serving (the job image ships tritonserver and the backends)."""
     job_command: list[str] = Field(default_factory=lambda: ["python", "-m", "kiln_jobs"])
     """Entry point of the job image; the runner's arguments follow it."""
-    triton_command: list[str] = Field(default_factory=lambda: ["tritonserver"])
-    """Entry point of the Triton image."""
+    tritonserver: str = "tritonserver"
+    """The tritonserver binary in the Triton image."""
     default_store: str | None = None
     """Artifact store for resources that name none (pvc://claim/prefix or s3://bucket/prefix)."""
     store_mounts: dict[str, str] = Field(default_factory=dict)
@@ -75,7 +75,7 @@ class OperatorConfig(BaseModel):
     """UID of Job and Triton containers (they never run as root)."""
 
 
-_LIST_FIELDS = {"namespaces", "job_command", "triton_command"}
+_LIST_FIELDS = {"namespaces", "job_command"}
 
 
 def _from_env(environ: dict[str, str]) -> dict[str, Any]:

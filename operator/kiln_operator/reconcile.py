@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from kiln_jobs.manifest import Attempt, CheckpointInfo, Metrics, Progress, StageResult
 from kiln_jobs.plan import Plan
+from kiln_jobs.serving.repository import Runtime
 from kiln_operator.api import ModelOptimization
 from kiln_operator.builders.job import build_job, build_plan_configmap
 from kiln_operator.builders.serving import (
@@ -70,6 +71,7 @@ class Published:
     stages: tuple[StageResult, ...] = ()
     attempts: tuple[Attempt, ...] = ()
     manifest_digest: str | None = None
+    serving_runtime: Runtime | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,7 @@ class _Status:
             "techniques",
             "artifacts",
             "manifestDigest",
+            "servingRuntime",
         ):
             status.setdefault(key, None)
         status.setdefault("servingPlanHash", self.previous.get("servingPlanHash"))
@@ -293,6 +296,8 @@ def _published_from_job(view: JobView, plan_hash: str) -> Published:
         metrics=result.metrics,
         checkpoint=result.checkpoint,
         stages=tuple(result.stages),
+        attempts=tuple(result.attempts),
+        serving_runtime=result.serving_runtime,
     )
 
 
@@ -353,6 +358,8 @@ def _record_published(status: _Status, published: Published) -> None:
         ]
     if published.manifest_digest:
         status.fields["manifestDigest"] = published.manifest_digest
+    if published.serving_runtime:
+        status.fields["servingRuntime"] = published.serving_runtime
 
 
 def _job_in_progress(
@@ -455,6 +462,11 @@ def _unschedulable(pods: list[Obj]) -> str | None:
     return None
 
 
+def _previous_runtime(previous: Obj) -> Runtime | None:
+    runtime = previous.get("servingRuntime")
+    return runtime if runtime in ("python", "tensorrtllm-pytorch", "tensorrtllm-engine") else None
+
+
 def _serve(
     status: _Status,
     prepared: Prepared,
@@ -469,18 +481,11 @@ def _serve(
     decision = Decision(status={})
     decision.secrets.append(_owned(build_admin_secret(resource), body))
     decision.apply.append(_owned(build_service(resource), body))
-    decision.apply.append(
-        _owned(
-            build_deployment(
-                resource,
-                plan_hash=plan_hash,
-                store_uri=prepared.plan.output.store,
-                checkpoint=published.checkpoint,
-                config=config,
-            ),
-            body,
-        )
-    )
+    deployment = build_deployment(
+        resource, prepared.plan, checkpoint=published.checkpoint,
+        runtime=published.serving_runtime or _previous_runtime(status.previous), config=config,
+    )  # fmt: skip
+    decision.apply.append(_owned(deployment, body))
     pdb = build_pdb(resource)
     if pdb:
         decision.apply.append(_owned(pdb, body))

@@ -61,6 +61,7 @@ def find_published(
         stages=tuple(manifest.stages),
         attempts=tuple(manifest.attempts),
         manifest_digest=hashlib.sha256(raw).hexdigest(),
+        serving_runtime=manifest.serving_runtime,
     )
 
 

@@ -382,7 +382,7 @@ def load_checkpoint(checkpoint_dir: Path | str, *, dtype: torch.dtype = torch.fl
         # End tokens and defaults as exported, not as re-derived from config.json.
         from transformers import GenerationConfig
 
-        model.generation_config = GenerationConfig.from_pretrained(checkpoint_dir)
+        model.generation_config = GenerationConfig.from_pretrained(checkpoint_dir)  # type: ignore[assignment]
     return model.eval()
 
 

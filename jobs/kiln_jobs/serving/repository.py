@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, TextIO
 
@@ -121,13 +122,14 @@ def triton_argv(
     http_port: int = HTTP_PORT,
     grpc_port: int = GRPC_PORT,
     metrics_port: int = METRICS_PORT,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The command that serves a published repository (a list: no shell).
 
     Engines built for TP x PP > 1 run one Triton process per rank under `mpirun` (rank 0 serves
     the endpoints, the others load only `tensorrt_llm`), each with its own Python-backend shared
     memory prefix. The LLM-API and CPU runtimes run one process: the LLM API spawns its own
-    workers.
+    workers. `extra_args` go to every rank's tritonserver (the operator's hardening flags).
     """
     server = [
         f"--model-repository={repository}",
@@ -135,6 +137,7 @@ def triton_argv(
         f"--http-port={http_port}",
         f"--grpc-port={grpc_port}",
         f"--metrics-port={metrics_port}",
+        *extra_args,
     ]
     world = plan.engine.tensor_parallel * plan.engine.pipeline_parallel
     if runtime != "tensorrtllm-engine" or world == 1:

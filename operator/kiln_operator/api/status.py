@@ -166,5 +166,8 @@ class ModelOptimizationStatus(KilnModel):
     """In-cluster address of Triton, e.g. http://name.namespace.svc:8000."""
     serving_plan_hash: str | None = None
     """Plan hash of the model Triton serves now (lags planHash during a rollout)."""
+    serving_runtime: Literal["python", "tensorrtllm-pytorch", "tensorrtllm-engine"] | None = None
+    """How Triton serves the plan: TensorRT-LLM engines, TensorRT-LLM's LLM API (PyTorch), or
+    the Python backend on PyTorch."""
 
     model_config = ConfigDict(extra="ignore")

@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from kiln_jobs.manifest import CheckpointInfo
+from kiln_jobs.plan import Plan
 
 # The published plan directory (manifest.json, checkpoint/, engine/, triton/) inside the pod;
 # the TensorRT-LLM repositories the job writes refer to files under it.
 from kiln_jobs.serving import MODEL_MOUNT
+from kiln_jobs.serving.repository import Runtime, triton_argv
 from kiln_operator.api import ModelOptimization
 from kiln_operator.builders.common import (
     container_security_context,
@@ -41,7 +43,9 @@ __all__ = [
     "build_service",
     "checkpoint_labels",
     "endpoint_of",
+    "expected_runtime",
     "serving_hash_of",
+    "triton_command",
 ]
 
 Obj = dict[str, Any]
@@ -106,24 +110,46 @@ def _ports(resource: ModelOptimization) -> list[Obj]:
     ]
 
 
-def _triton_args(resource: ModelOptimization) -> list[str]:
-    http, grpc, metrics = (p["containerPort"] for p in _ports(resource))
+def _hardening(resource: ModelOptimization, *, single_process: bool) -> list[str]:
+    """Flags that make Triton safe to expose: a fixed, immutable repository, strict health,
+    admin APIs behind a key only Kubernetes knows."""
     restricted = f"model-repository,shared-memory,logging,trace:admin-key=$({ADMIN_KEY_ENV})"
-    return [
-        f"--model-repository={MODEL_MOUNT}/triton",
-        # The repository is immutable and published atomically: no remote model loading.
-        "--model-control-mode=none",
+    flags = [
         "--strict-readiness=true",
         "--exit-on-error=true",
-        "--disable-auto-complete-config",
         f"--exit-timeout-secs={_EXIT_TIMEOUT_SECONDS}",
-        f"--http-port={http}",
-        f"--grpc-port={grpc}",
-        f"--metrics-port={metrics}",
         "--allow-metrics=true",
         f"--http-restricted-api={restricted}",
         f"--grpc-restricted-protocol={restricted}",
     ]
+    if single_process:
+        # The repository is immutable and published atomically: no remote model loading.
+        # (Under mpirun, the extra ranks load their shard explicitly; rank 0 keeps the default.)
+        flags.insert(0, "--model-control-mode=none")
+    return flags
+
+
+def triton_command(
+    resource: ModelOptimization, plan: Plan, runtime: Runtime, config: OperatorConfig
+) -> list[str]:
+    """The container's whole command line for the runtime the job published (no shell)."""
+    http, grpc, metrics = (p["containerPort"] for p in _ports(resource))
+    world = plan.engine.tensor_parallel * plan.engine.pipeline_parallel
+    single = runtime != "tensorrtllm-engine" or world == 1
+    return triton_argv(
+        runtime, plan, repository=f"{MODEL_MOUNT}/triton", tritonserver=config.tritonserver,
+        http_port=http, grpc_port=grpc, metrics_port=metrics,
+        extra_args=_hardening(resource, single_process=single),
+    )  # fmt: skip
+
+
+def expected_runtime(plan: Plan) -> Runtime:
+    """The runtime a plan publishes, when the job did not say (an older job's result)."""
+    if plan.engine.backend == "tensorrt-llm":
+        return "tensorrtllm-engine"
+    if plan.engine.backend == "pytorch" and not plan.engine.allow_fallback:
+        return "tensorrtllm-pytorch"
+    return "python"
 
 
 def _model_volume(
@@ -163,12 +189,12 @@ def _model_volume(
     return [{"name": "model", "emptyDir": {}}], [mount], [fetch]
 
 
-def _serving_resources(resource: ModelOptimization) -> Obj:
+def _serving_resources(resource: ModelOptimization, runtime: Runtime) -> Obj:
     spec = resource.spec
     wanted = spec.serving.resources
     requests = dict(wanted.requests or {}) if wanted else {}
     limits = dict(wanted.limits or {}) if wanted else {}
-    if spec.engine.backend != "none":
+    if runtime != "python":
         gpus = str(spec.engine.tensor_parallel * spec.engine.pipeline_parallel)
         requests[_GPU] = limits[_GPU] = gpus
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
@@ -190,15 +216,19 @@ def _probes() -> Obj:
 
 def build_deployment(
     resource: ModelOptimization,
+    plan: Plan,
     *,
-    plan_hash: str,
-    store_uri: str,
     checkpoint: CheckpointInfo | None,
+    runtime: Runtime | None,
     config: OperatorConfig,
 ) -> Obj:
-    """Triton serving the published plan `plan_hash`."""
+    """Triton serving the published `plan` with the runtime its job chose."""
     name = resource.metadata.name
     spec = resource.spec
+    plan_hash = plan.hash()
+    store_uri = plan.output.store
+    runtime = runtime or expected_runtime(plan)
+    command = triton_command(resource, plan, runtime, config)
     volumes, mounts, init_containers = _model_volume(resource, store_uri, plan_hash, config)
     scratch, scratch_mounts = scratch_volumes()
     labels = {**child_labels(name, "serving", plan_hash), **checkpoint_labels(checkpoint)}
@@ -206,8 +236,8 @@ def build_deployment(
     container: Obj = {
         "name": TRITON_CONTAINER,
         "image": spec.serving.image or config.triton_image,
-        "command": list(config.triton_command),
-        "args": _triton_args(resource),
+        "command": command[:1],
+        "args": command[1:],
         "ports": _ports(resource),
         "env": [
             {
@@ -218,7 +248,7 @@ def build_deployment(
             },
             {"name": "HOME", "value": "/tmp"},
         ],
-        "resources": _serving_resources(resource),
+        "resources": _serving_resources(resource, runtime),
         "volumeMounts": [*mounts, *scratch_mounts],
         "securityContext": container_security_context(),
         **_probes(),
@@ -232,7 +262,7 @@ def build_deployment(
         "containers": [container],
         "volumes": [*volumes, *scratch],
     }
-    if spec.engine.backend != "none":
+    if runtime != "python":
         pod_spec["tolerations"] = [{"key": _GPU, "operator": "Exists", "effect": "NoSchedule"}]
         if spec.resources.gpu_product:
             pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": spec.resources.gpu_product}
@@ -259,6 +289,7 @@ def build_deployment(
                     "annotations": {
                         **(spec.scheduling.pod_annotations or {}),
                         "kiln.dev/plan-hash": plan_hash,
+                        "kiln.dev/serving-runtime": runtime,
                     },
                 },
                 "spec": pod_spec,

@@ -9,6 +9,7 @@ import pytest
 
 from kiln_jobs.errors import ExitCode
 from kiln_jobs.plan import Plan
+from kiln_jobs.serving.repository import Runtime
 from kiln_operator.builders.job import build_job, build_plan_configmap
 from kiln_operator.builders.serving import build_deployment, build_pdb, build_service
 from kiln_operator.config import OperatorConfig
@@ -161,14 +162,10 @@ def test_pod_labels_and_annotations_reach_the_pods(config: OperatorConfig) -> No
     assert template["annotations"] == {"example.com/a": "b"}
 
 
-def _deployment(config: OperatorConfig, **spec: Any) -> Obj:
+def _deployment(config: OperatorConfig, runtime: Runtime | None = None, **spec: Any) -> Obj:
     prepared = _prepared(config, **spec)
     return build_deployment(
-        prepared.resource,
-        plan_hash=prepared.plan_hash,
-        store_uri=prepared.plan.output.store,
-        checkpoint=None,
-        config=config,
+        prepared.resource, prepared.plan, checkpoint=None, runtime=runtime, config=config
     )
 
 
@@ -199,13 +196,7 @@ def test_deployment_runs_triton_safely(config: OperatorConfig) -> None:
 
 def test_deployment_mounts_the_plan_read_only(config: OperatorConfig) -> None:
     prepared = _prepared(config)
-    deployment = build_deployment(
-        prepared.resource,
-        plan_hash=prepared.plan_hash,
-        store_uri="pvc://artifacts/kiln",
-        checkpoint=None,
-        config=config,
-    )
+    deployment = _deployment(config)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "model")
     assert mount == {
@@ -217,13 +208,8 @@ def test_deployment_mounts_the_plan_read_only(config: OperatorConfig) -> None:
 
 
 def test_s3_store_is_fetched_by_an_init_container(config: OperatorConfig) -> None:
-    prepared = _prepared(config, artifacts={"store": "s3://bucket/kiln", "credentialsSecret": "s3"})
-    deployment = build_deployment(
-        prepared.resource,
-        plan_hash=prepared.plan_hash,
-        store_uri="s3://bucket/kiln",
-        checkpoint=None,
-        config=config,
+    deployment = _deployment(
+        config, artifacts={"store": "s3://bucket/kiln", "credentialsSecret": "s3"}
     )
     init = deployment["spec"]["template"]["spec"]["initContainers"][0]
     assert init["args"][:3] == ["fetch", "--store", "s3://bucket/kiln"]
@@ -236,7 +222,7 @@ def test_gpus_follow_tensor_parallelism(config: OperatorConfig) -> None:
     )
     limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "4"
-    cpu_only = _deployment(config, engine={"backend": "none"})
+    cpu_only = _deployment(config, runtime="python", engine={"backend": "none"})
     assert "nvidia.com/gpu" not in json.dumps(cpu_only["spec"]["template"]["spec"]["containers"])
 
 
@@ -269,3 +255,26 @@ def test_platform_defaults_for_job_placement(config: OperatorConfig) -> None:
     pod = build_job(prepared.resource, prepared.plan, pool)["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "gpu-batch", "zone": "b"}
     assert {"key": "batch", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_triton_command_follows_the_published_runtime(config: OperatorConfig) -> None:
+    engine = _deployment(
+        config,
+        runtime="tensorrtllm-engine",
+        resources={"gpus": 2},
+        engine={"backend": "tensorrt-llm", "tensorParallel": 2},
+    )
+    container = engine["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["mpirun"]
+    ranks = " ".join(container["args"]).split(" : ")
+    assert len(ranks) == 2
+    assert all("--strict-readiness=true" in rank for rank in ranks)
+    assert "--model-control-mode=none" not in ranks[1]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    llmapi = _deployment(config, runtime="tensorrtllm-pytorch")
+    assert llmapi["spec"]["template"]["spec"]["containers"][0]["command"] == ["tritonserver"]
+    # A job that did not say: the plan decides (pytorch backend, no fallback in the cluster).
+    unknown = _deployment(config)
+    assert unknown["spec"]["template"]["metadata"]["annotations"]["kiln.dev/serving-runtime"] == (
+        "tensorrtllm-pytorch"
+    )
