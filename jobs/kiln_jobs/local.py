@@ -195,7 +195,7 @@ def run_local(
 
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
-    result = run_plan(plan, workdir)
+    result = run_plan(plan, workdir, progress_lines=False)
     if result.published_dir is None:
         raise UserError(
             f"kiln run serves from a local store; {result.published_uri} is remote "

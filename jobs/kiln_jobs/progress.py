@@ -51,17 +51,22 @@ class ProgressLog:
         stream: TextIO | None = None,
         min_interval: float = 2.0,
         bars: bool = True,
+        lines: bool = True,
     ) -> None:
         """Args:
         progress_file: Rewritten with the latest update; None writes no file.
         stream: Where the JSON lines go (default: stdout at the time of writing).
         min_interval: Seconds between two written updates of the same stage.
         bars: Draw tqdm bars on stderr.
+        lines: Print the JSON progress lines on stdout.
         """
         self.progress_file = progress_file
         self._stream = stream
         self.min_interval = min_interval
         self.bars = bars
+        # The JSON lines are for the operator reading a pod's log; a person at a terminal
+        # (`kiln run`) reads the bars.
+        self.lines = lines
         self.latest: Progress | None = None
         self._weights: dict[str, float] = {}
         self._total = 0.0
@@ -98,11 +103,12 @@ class ProgressLog:
     def write(self, update: Progress) -> None:
         """Publish one update now: a stdout line and the progress file."""
         self.latest = update
-        stream = self._stream or sys.stdout
-        body = update.model_dump(mode="json", exclude_none=True)
-        line = json.dumps({PROGRESS_KEY: body}, separators=(",", ":"))
-        stream.write(line + "\n")
-        stream.flush()
+        if self.lines:
+            stream = self._stream or sys.stdout
+            body = update.model_dump(mode="json", exclude_none=True)
+            line = json.dumps({PROGRESS_KEY: body}, separators=(",", ":"))
+            stream.write(line + "\n")
+            stream.flush()
         if self.progress_file is not None:
             _write_atomically(self.progress_file, update.model_dump_json())
 

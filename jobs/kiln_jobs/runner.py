@@ -100,7 +100,13 @@ class RunResult:
         )
 
 
-def run_plan(plan: Plan, workdir: Path, *, progress_file: Path | None = None) -> RunResult:
+def run_plan(
+    plan: Plan,
+    workdir: Path,
+    *,
+    progress_file: Path | None = None,
+    progress_lines: bool = True,
+) -> RunResult:
     """Run `plan` end to end and publish its artifacts (a no-op if they are already published).
 
     Args:
@@ -111,7 +117,8 @@ def run_plan(plan: Plan, workdir: Path, *, progress_file: Path | None = None) ->
     Raises:
         KilnJobError: a failure the user can act on (each subclass has its exit code).
     """
-    return Run(plan, workdir, ProgressLog(progress_file)).execute()
+    progress = ProgressLog(progress_file, lines=progress_lines)
+    return Run(plan, workdir, progress).execute()
 
 
 def tool_versions() -> dict[str, str]:

@@ -127,7 +127,9 @@ def _run(args: argparse.Namespace) -> int:
             "pip install 'kiln[jobs,local]'"
         ) from None
     try:
-        run_local(plan, workdir, serve=not args.no_serve, keep_serving=args.keep_serving)
+        smoke = resource.spec.serving.smoke_test
+        prompt = {"prompt": smoke.prompt} if smoke is not None else {}
+        run_local(plan, workdir, serve=not args.no_serve, keep_serving=args.keep_serving, **prompt)
     except KilnJobError as error:
         print(f"kiln run: {error.message}", file=sys.stderr)
         return int(error.exit_code)
