@@ -52,6 +52,8 @@ class Metrics(_Model):
 
     baseline_perplexity: float | None = None
     perplexity: float | None = None
+    # The published checkpoint itself, reloaded with its exported scales (the gate checks it too).
+    exported_perplexity: float | None = None
     degradation_percent: float | None = None
     baseline_size_bytes: int | None = None
     size_bytes: int | None = None

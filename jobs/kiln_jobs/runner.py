@@ -132,6 +132,9 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+# Larger models skip the reload of their exported checkpoint on the CPU (see _verify_export).
+_VERIFY_EXPORT_MAX_PARAMS = 3_000_000_000
+
 # Rough share of a CPU or GPU run's time per stage kind, for the overall percent only.
 _TECHNIQUE_WEIGHTS = {
     "ptq": 15.0,
@@ -149,7 +152,13 @@ def stage_weights(plan: Plan) -> list[tuple[str, float]]:
     if plan.techniques:
         stages.append(("evaluate", 5.0))
     engine_weight = 25.0 if plan.engine.backend == "tensorrt-llm" else 0.5
-    stages += [("export", 4.0), ("engine", engine_weight), ("repository", 0.5), ("publish", 1.0)]
+    stages += [
+        ("export", 4.0),
+        ("verify-export", 5.0),
+        ("engine", engine_weight),
+        ("repository", 0.5),
+        ("publish", 1.0),
+    ]
     return stages
 
 
@@ -243,7 +252,9 @@ class Run:
 
         staging = store.staging(self.plan_hash)
         try:
-            published = self._publish(store, staging, model, loaded.tokenizer, outcomes)
+            published = self._publish(
+                store, staging, model, loaded.tokenizer, outcomes, eval_tokens
+            )
         except BaseException:
             store.discard(staging)
             raise
@@ -329,8 +340,10 @@ class Run:
         model: Any,
         tokenizer: Any,
         outcomes: list[TechniqueOutcome],
+        eval_tokens: torch.Tensor,
     ) -> Published:
-        """Export, build, write the Triton repository, then commit the staging directory."""
+        """Export, verify, build, write the Triton repository, then commit the staging
+        directory."""
         with self._stage("export") as progress:
             facts = export_hf(model, tokenizer, staging / CHECKPOINT_DIR)
             # The exported checkpoint is the authority on what it holds.
@@ -341,6 +354,8 @@ class Run:
             for name, path in _artifacts(outcomes).items():
                 shutil.copytree(path, staging / name, dirs_exist_ok=True)
             self.metrics.size_bytes = _tree_bytes(staging / CHECKPOINT_DIR)
+
+        self._verify_export(staging / CHECKPOINT_DIR, eval_tokens)
 
         with self._stage("engine") as progress:
             built = engine.build_engine(
@@ -447,6 +462,37 @@ class Run:
             isinstance(t, QADPlan) and t.teacher is None for stack in stacks for t in stack
         )
         return len(stacks) > 1 or needs_teacher
+
+    def _verify_export(self, checkpoint: Path, eval_tokens: torch.Tensor) -> None:
+        """Measure the exported checkpoint as it will be served, and hold it to the gate too.
+
+        The exporter changes numerics (it shares one weight scale across fused q/k/v and gate/up,
+        and averages their smoothing), so the evaluated model and the published one differ a
+        little. Reloading the export with its real scales shows what serving will compute; it
+        runs on the CPU, for models small enough to do so in reasonable time and memory.
+        """
+        if self.checkpoint_facts.get("quant_algo") is None or (
+            (self.metrics.params_after or 0) > _VERIFY_EXPORT_MAX_PARAMS
+        ):
+            return
+        from kiln_jobs.serving.checkpoint import load_checkpoint
+
+        with self._stage("verify-export") as progress:
+            served = load_checkpoint(checkpoint)
+            progress(10.0, "reloaded the exported checkpoint")
+            measured = self._perplexity(served, eval_tokens, progress)
+            del served
+            self.metrics.exported_perplexity = round(measured, 4)
+            baseline = self.metrics.baseline_perplexity or measured
+            degradation = gate.degradation_percent(baseline, measured)
+            log.info("exported checkpoint: perplexity %.3f (%+.2f%%)", measured, degradation)
+            if not gate.passes(self.plan.evaluation, degradation):
+                raise AccuracyGateFailed(
+                    f"the exported checkpoint degrades perplexity {degradation:+.2f}% "
+                    f"({baseline:.3f} -> {measured:.3f}), more than the "
+                    f"{self.plan.evaluation.max_degradation_percent}% allowed, although the "
+                    "optimized model passed; nothing was published"
+                )
 
     def _perplexity(self, model: Any, tokens: torch.Tensor, progress: StageProgress) -> float:
         evaluation = self.plan.evaluation

@@ -71,6 +71,9 @@ class MetricsStatus(KilnModel):
     """Perplexity of the original model on the evaluation text."""
     perplexity: float | None = None
     """Perplexity of the optimized model on the same text."""
+    exported_perplexity: float | None = None
+    """Perplexity of the published checkpoint reloaded with its exported scales, when the job
+    can measure it (models up to a few billion parameters): what the served model computes."""
     degradation_percent: float | None = None
     """Perplexity increase over the original, in percent (negative is an improvement)."""
     baseline_size_bytes: int | None = None

@@ -143,6 +143,7 @@ def test_stage_weights_follow_the_plan() -> None:
         "qat",
         "evaluate",
         "export",
+        "verify-export",
         "engine",
         "repository",
         "publish",

@@ -68,6 +68,7 @@ def test_a_plan_runs_end_to_end_publishes_and_a_rerun_is_a_no_op(
             "ptq(fp8)",
             "evaluate",
             "export",
+            "verify-export",
             "engine",
             "repository",
             "publish",
@@ -76,6 +77,9 @@ def test_a_plan_runs_end_to_end_publishes_and_a_rerun_is_a_no_op(
     assert manifest.stages[3].metrics["calibration_samples"] == 2
     metrics = manifest.metrics
     assert metrics.baseline_perplexity and metrics.perplexity
+    # The published checkpoint, reloaded with its exported scales, computes what was evaluated.
+    assert metrics.exported_perplexity is not None
+    assert abs(metrics.exported_perplexity - metrics.perplexity) / metrics.perplexity < 0.05
     assert abs(metrics.degradation_percent) < 5.0
     assert metrics.params_before == metrics.params_after
     assert 0 < metrics.size_bytes < 2 * metrics.baseline_size_bytes
