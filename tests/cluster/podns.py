@@ -26,6 +26,7 @@ __all__ = ["enter_and_exec", "main"]
 
 # Kernel filesystems a process needs, bound from the host into the new root.
 _SYSTEM_MOUNTS = ("/proc", "/sys")
+_REPO = Path(__file__).resolve().parents[2]
 # /dev is a fresh tmpfs with the usual device nodes, as a container runtime makes it, so that
 # /dev/termination-log and friends never touch the host's /dev.
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -104,6 +105,10 @@ def enter_and_exec(spec: dict[str, Any]) -> None:
         _mount("--rbind", system, str(_inside(root, system)))
     _make_dev(root)
     _bind(spec["tmp"], _inside(root, "/tmp"), read_only=False)
+    # The private /tmp would hide a checkout that lives under /tmp (CI clones often do), and
+    # with it the venv whose python and binaries the pod runs: keep it visible, read-only.
+    if _REPO.is_relative_to("/tmp"):
+        _bind(str(_REPO), _inside(root, str(_REPO)), read_only=True)
     # Shallow mount paths first, so a volume at /a/b is not hidden by one at /a.
     for m in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
         _bind(m["source"], _inside(root, m["target"]), m["read_only"])
