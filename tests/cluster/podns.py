@@ -105,13 +105,14 @@ def enter_and_exec(spec: dict[str, Any]) -> None:
         _mount("--rbind", system, str(_inside(root, system)))
     _make_dev(root)
     _bind(spec["tmp"], _inside(root, "/tmp"), read_only=False)
-    # The private /tmp would hide a checkout that lives under /tmp (CI clones often do), and
-    # with it the venv whose python and binaries the pod runs: keep it visible, read-only.
-    if _REPO.is_relative_to("/tmp"):
-        _bind(str(_REPO), _inside(root, str(_REPO)), read_only=True)
     # Shallow mount paths first, so a volume at /a/b is not hidden by one at /a.
     for m in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
         _bind(m["source"], _inside(root, m["target"]), m["read_only"])
+    # The private /tmp (or a pod's own emptyDir there) would hide a checkout that lives under
+    # /tmp (CI clones often do), and with it the venv whose python the pod runs: bound last,
+    # read-only, it stays visible.
+    if _REPO.is_relative_to("/tmp"):
+        _bind(str(_REPO), _inside(root, str(_REPO)), read_only=True)
     if spec.get("uid"):
         _open_for_user(root, spec["argv"][0], spec["env"].get("PATH", ""))
     os.chroot(root)
