@@ -52,7 +52,7 @@ TALKER_LINES = [
 ]  # fmt: skip
 
 
-def _eventually(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+def _eventually(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
