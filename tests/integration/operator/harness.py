@@ -78,7 +78,14 @@ def wait_until(
 class OperatorProcess:
     """`kiln operator` as a separate process, configured through KILN_* variables."""
 
-    def __init__(self, kube: Cluster, workdir: Path, **config: str) -> None:
+    def __init__(
+        self,
+        kube: Cluster,
+        workdir: Path,
+        *,
+        args: tuple[str, ...] = ("--standalone", "-v"),
+        **config: str,
+    ) -> None:
         self.kube = kube
         self.log_path = workdir / f"operator-{int(time.time() * 1000)}.log"
         self.env = {
@@ -91,13 +98,14 @@ class OperatorProcess:
             "KILN_STORE_MOUNTS": f"pvc://artifacts={kube.run_dir}/pvc/{{namespace}}/artifacts",
         }
         self.env.update({f"KILN_{k.upper()}": v for k, v in config.items()})
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [KILN, "operator", "--standalone", "-v"],
+            [KILN, "operator", *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
