@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from kiln_operator.api import GROUP, PLURAL, VERSION
+from kiln_operator.api import GROUP, PLURAL, VERSION, ModelOptimizationSpec
 from kiln_operator.config import OperatorConfig
 from kiln_operator.hardware import (
     FAMILY_LABEL,
@@ -46,6 +46,37 @@ def _node_family(api: KubeApi, product: str) -> str | None:
     return None
 
 
+def _largest_node_gpus(api: KubeApi, product: str | None) -> int | None:
+    """Most allocatable GPUs on one node (of `product`, when set); None if none is known."""
+    selector = f"{PRODUCT_LABEL}={product}" if product else PRODUCT_LABEL
+    try:
+        nodes = api.core.list_node(label_selector=selector)
+    except ApiException as error:
+        log.warning("cannot list nodes to check GPU counts: %s", error.reason)
+        return None
+    counts = [
+        int((node.status.allocatable or {}).get("nvidia.com/gpu", "0"))
+        for node in nodes.items
+        if node.status is not None
+    ]
+    return max(counts) if counts else None
+
+
+def _multi_node_problem(api: KubeApi, spec: ModelOptimizationSpec) -> str | None:
+    """Serving across nodes is not supported: TP x PP must fit one node's GPUs."""
+    world = spec.engine.tensor_parallel * spec.engine.pipeline_parallel
+    if world == 1 or spec.engine.backend == "none":
+        return None
+    largest = _largest_node_gpus(api, spec.resources.gpu_product)
+    if largest is None or world <= largest:
+        return None
+    where = spec.resources.gpu_product or "any GPU node"
+    return (
+        f"spec.engine.tensorParallel: tensorParallel x pipelineParallel = {world} GPUs, but the "
+        f"largest node with {where} has {largest}; serving across nodes is not supported yet"
+    )
+
+
 def admission_problems(
     body: dict[str, Any], config: OperatorConfig, api: KubeApi | None
 ) -> list[str]:
@@ -54,6 +85,10 @@ def admission_problems(
     if not isinstance(prepared, Prepared):
         return [str(p) for p in prepared]
     spec = prepared.resource.spec
+    if api is not None:
+        problem = _multi_node_problem(api, spec)
+        if problem:
+            return [problem]
     product = spec.resources.gpu_product
     fmt = spec.quant_format()
     if product and fmt and api is not None and family_of_product(product) is None:

@@ -166,3 +166,22 @@ def test_webhook_admits_a_good_spec(
 ) -> None:
     proc = _apply(kube, namespace, mopt("fine"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_webhook_refuses_tensor_parallelism_beyond_one_node(
+    kube: Cluster, webhook_operator: OperatorProcess, namespace: str
+) -> None:
+    body = mopt(
+        "too-wide",
+        engine={"backend": "tensorrt-llm", "tensorParallel": 16},
+        resources={"gpus": 8, "gpuProduct": "NVIDIA-H100-80GB-HBM3"},
+    )
+    proc = _apply(kube, namespace, body)
+    assert proc.returncode != 0
+    assert "= 16 GPUs, but the largest node with NVIDIA-H100-80GB-HBM3 has 8" in proc.stderr
+    assert (
+        _apply(
+            kube, namespace, mopt("fits", engine={"tensorParallel": 8}, resources={"gpus": 8})
+        ).returncode
+        == 0
+    )
