@@ -22,7 +22,7 @@ from kiln_operator.api import GROUP, PLURAL, VERSION
 from kiln_operator.conditions import now_rfc3339
 from kiln_operator.config import OperatorConfig
 from kiln_operator.jobstate import view_job
-from kiln_operator.kube import KubeApi
+from kiln_operator.kube import KubeApi, namespace_terminating
 from kiln_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, PhaseClock
 from kiln_operator.naming import COMPONENT_LABEL, OWNER_LABEL
 from kiln_operator.reconcile import (
@@ -74,6 +74,11 @@ class Reconciler:
                 decision = self._decide(body)
                 self.api.execute(decision, body)
             except ApiException as error:
+                if namespace_terminating(error):
+                    # Its namespace is going, and the resource with it: nothing left to converge.
+                    self.api.log.info("%s: namespace is being deleted; not reconciling", key)
+                    self.clock.observe(key, None)
+                    return None
                 RECONCILE_ERRORS.labels(f"http_{error.status}").inc()
                 raise
             RECONCILE_SECONDS.observe(time.monotonic() - started)

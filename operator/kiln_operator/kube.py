@@ -7,6 +7,7 @@ spec patches exactly the fields Kiln owns. Jobs are never patched: Kueue owns `s
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from typing import Any, cast
@@ -58,6 +59,17 @@ def load_kube_config() -> client.ApiClient:
 
 def _missing(error: ApiException) -> bool:
     return error.status == 404
+
+
+def namespace_terminating(error: ApiException) -> bool:
+    """The write was refused because its namespace is being deleted (the resource goes too)."""
+    if error.status != 403 or not error.body:
+        return False
+    try:
+        causes = (json.loads(error.body).get("details") or {}).get("causes") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
 
 
 class KubeApi:

@@ -53,13 +53,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def json_log_formatter() -> logging.Formatter:
+    """One JSON object per line; a kopf record's object reference becomes ``object``."""
+    from pythonjsonlogger.core import RESERVED_ATTRS
+    from pythonjsonlogger.json import JsonFormatter
+
+    class _Formatter(JsonFormatter):
+        def add_fields(
+            self, log_record: dict[str, Any], record: logging.LogRecord, message: dict[str, Any]
+        ) -> None:
+            super().add_fields(log_record, record, message)
+            ref = getattr(record, "k8s_ref", None)
+            if ref:
+                log_record["object"] = ref
+
+    # kopf's extras include its settings (which hold queues); they are never serialised, and
+    # any other unknown extra is written as its str() rather than breaking the line.
+    return _Formatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        reserved_attrs=[*RESERVED_ATTRS, "k8s_skip", "k8s_ref", "settings"],
+        json_default=str,
+    )
+
+
 def _logging(json_logs: bool, verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     handler = logging.StreamHandler()
     if json_logs:
-        from pythonjsonlogger.json import JsonFormatter
-
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(json_log_formatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -57,6 +57,7 @@ def test_kueue_holds_a_resource_until_quota_frees(
             ).stdout
         )
         assert job["items"][0]["spec"]["suspend"] is True
+        assert job["items"][0]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lq"
 
         # The first finishes; Kueue admits the second by itself.
         pod = kube.pods(ns, "kiln.dev/model-optimization=hog,app.kubernetes.io/component=optimize")

@@ -37,6 +37,14 @@ def _ready(kube: Cluster, ns: str, name: str, operator: OperatorProcess) -> None
     )
 
 
+def _peer_priorities(kube: Cluster) -> list[int]:
+    got = kube.kubectl("get", "clusterkopfpeering", "kiln-test", "-o", "json", check=False)
+    if got.returncode != 0:
+        return []
+    peers = (json.loads(got.stdout).get("status") or {}).values()
+    return sorted(int(peer["priority"]) for peer in peers if peer)
+
+
 def test_metrics_and_json_logs(kube: Cluster, namespace: str, tmp_path: Path) -> None:
     kube.create_bound_pvc(namespace, "artifacts")
     port = _free_port()
@@ -46,14 +54,23 @@ def test_metrics_and_json_logs(kube: Cluster, namespace: str, tmp_path: Path) ->
     try:
         kube.apply(mopt("watched"), namespace=namespace)
         _ready(kube, namespace, "watched", operator)
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+
+        def scrape_when_ready() -> str:
+            metrics = scrape()
+            return metrics if 'kiln_model_optimizations{phase="Ready"} 1.0' in metrics else ""
+
+        # The gauges follow the status write, so a scrape right after it may lag by one step.
+        metrics = wait_until("the Ready gauge", scrape_when_ready, timeout=30, describe=scrape)
         reconciles = [
             line
             for line in metrics.splitlines()
             if line.startswith('kiln_reconciles_total{outcome="Ready"}')
         ]
         assert reconciles and float(reconciles[0].split()[-1]) >= 1
-        assert 'kiln_model_optimizations{phase="Ready"} 1.0' in metrics
+        assert 'kiln_model_optimizations{phase="Deploying"} 0.0' in metrics
         assert "kiln_phase_seconds_bucket" in metrics
         assert "kiln_reconcile_seconds_count" in metrics
     finally:
@@ -84,12 +101,21 @@ def test_two_replicas_never_both_act(kube: Cluster, namespace: str, tmp_path: Pa
     )
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    leader.start()
-    standby.start()
     try:
+        # The leader registers first, so the standby starts paused and never resumes (kopf
+        # logs "Pausing operations" only when a running operator pauses, not at start).
+        leader.start()
+        wait_until("the leader to register", lambda: _peer_priorities(kube) == [200], 90)
+        standby.start()
         wait_until(
-            "the standby to pause",
-            lambda: "Pausing operations in favour of" in standby.log(),
+            "the standby to register",
+            lambda: _peer_priorities(kube) == [100, 200],
+            timeout=90,
+            describe=standby.log,
+        )
+        wait_until(
+            "the standby's watch on ModelOptimizations to pause",
+            lambda: "Pausing the watch-stream for modeloptimizations" in standby.log(),
             timeout=60,
             describe=standby.log,
         )
@@ -97,6 +123,7 @@ def test_two_replicas_never_both_act(kube: Cluster, namespace: str, tmp_path: Pa
         _ready(kube, namespace, "shared", leader)
         assert "created Job shared-opt-" in leader.log()
         assert "created Job shared-opt-" not in standby.log()
+        assert "Resuming the watch-stream for modeloptimizations" not in standby.log()
         jobs = json.loads(kube.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout)
         assert len(jobs["items"]) == 1
 

@@ -288,30 +288,6 @@ def test_secret_in_another_namespace_is_refused_by_the_api_server(kube: Cluster,
     assert "spec.model.credentialsSecret" in proc.stderr
 
 
-def test_kueue_queue_suspends_the_job_until_admitted(
-    kube: Cluster, operator: OperatorProcess, ns: str
-) -> None:
-    kube.apply(mopt("queued", scheduling={"queueName": "gpu"}), namespace=ns)
-    obj = _wait_phase(kube, ns, "queued", "Queued", operator)
-    assert condition(obj, "Reconciling")["reason"] == "Queued"
-    job = _items(kube, "jobs", ns)[0]
-    assert job["spec"]["suspend"] is True
-    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
-    assert _items(kube, "pods", ns) == []
-    # Admit it the way Kueue does.
-    kube.kubectl(
-        "patch",
-        "job",
-        job["metadata"]["name"],
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        '{"spec":{"suspend":false}}',
-    )
-    _wait_phase(kube, ns, "queued", "Ready", operator)
-
-
 def test_retention_delete_removes_an_unshared_plan_only(
     kube: Cluster, operator: OperatorProcess, ns: str, store: Path
 ) -> None:
