@@ -12,16 +12,22 @@ NVFP4 (weights or KV cache) has no such path: it needs a Blackwell GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "FAMILY_ORDER",
     "FORMAT_MIN_FAMILY",
+    "KERNEL_CACHE_ENV",
     "KV_CACHE_MIN_FAMILY",
     "Accelerator",
     "detect",
     "family_of_capability",
     "format_problem",
+    "kernel_cache_dir",
 ]
+
+#: Set by the operator on a PVC store: a directory the store's jobs share for compiled kernels.
+KERNEL_CACHE_ENV = "KILN_KERNEL_CACHE"
 
 # Generations in order of capability, with the CUDA compute capability each starts at.
 _FAMILIES: tuple[tuple[str, tuple[int, int]], ...] = (
@@ -111,3 +117,17 @@ def format_problem(fmt: str, kv_cache: str, accelerator: Accelerator) -> str | N
                 f"({family.capitalize()})"
             )
     return None
+
+
+def kernel_cache_dir(base: Path, accelerator: Accelerator) -> Path | None:
+    """Where Model Optimizer's JIT-compiled CUDA kernels are kept for this GPU architecture.
+
+    modelopt compiles its fake-quantization kernels on first use (about 45 s each on 16 cores,
+    measured on an H200); a cache shared by the jobs on one store pays that once. The directory
+    is keyed by compute capability because torch's extension cache does not notice a change of
+    architecture. None on a CPU.
+    """
+    if accelerator.compute_capability is None:
+        return None
+    major, minor = accelerator.compute_capability
+    return base / "torch-extensions" / f"sm{major}{minor}"

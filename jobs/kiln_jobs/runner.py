@@ -28,6 +28,7 @@ import errno
 import functools
 import gc
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -222,6 +223,7 @@ class Run:
                     registry.preflight(technique, accelerator)
             self._preflight_engine()
             self.device = torch.device("cuda" if accelerator.is_cuda else "cpu")
+            self._use_kernel_cache(accelerator)
             progress(100.0, f"running on {accelerator.name}")
 
         with self._stage("load") as progress:
@@ -451,6 +453,16 @@ class Run:
         if key not in self._blocks:
             self._blocks[key] = data.token_blocks(ref, role, tokenizer, self.cache_dir)
         return self._blocks[key]
+
+    def _use_kernel_cache(self, accelerator: hardware.Accelerator) -> None:
+        """Point torch's extension builds at the shared kernel cache (KILN_KERNEL_CACHE, set
+        by the operator on PVC stores) or, failing that, this run's cache directory."""
+        base = Path(os.environ.get(hardware.KERNEL_CACHE_ENV) or self.cache_dir)
+        directory = hardware.kernel_cache_dir(base, accelerator)
+        if directory is not None and "TORCH_EXTENSIONS_DIR" not in os.environ:
+            directory.mkdir(parents=True, exist_ok=True)
+            os.environ["TORCH_EXTENSIONS_DIR"] = str(directory)
+            log.info("CUDA kernels are built into and reused from %s", directory)
 
     def _load(self, ref: ModelRef, files: ModelFiles | None = None) -> LoadedModel:
         return load_model(ref, device=self.device, cache_dir=self.cache_dir, files=files)

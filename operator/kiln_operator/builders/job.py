@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kiln_jobs.errors import ExitCode
+from kiln_jobs.hardware import KERNEL_CACHE_ENV
 from kiln_jobs.plan import Plan
 from kiln_operator.api import ModelOptimization
 from kiln_operator.api.base import parse_duration_seconds
@@ -76,6 +77,11 @@ def _env(resource: ModelOptimization, plan: Plan) -> tuple[list[Obj], list[Obj]]
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "KILN_PLAN_HASH", "value": plan.hash()},
     ]
+    store = split_store(plan.output.store)
+    if store.scheme == "pvc":
+        # Compiled CUDA kernels outlive the Job: every job on this store reuses them.
+        cache = f"{store.prefix}/.cache" if store.prefix else ".cache"
+        env.append({"name": KERNEL_CACHE_ENV, "value": f"{PVC_ROOT}/{store.root}/{cache}"})
     env_from: list[Obj] = []
     model_secrets = [resource.spec.model.credentials_secret]
     for item in resource.spec.techniques:

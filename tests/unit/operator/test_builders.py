@@ -149,6 +149,14 @@ def test_pvc_store_is_the_persistent_workdir(config: OperatorConfig) -> None:
         m["mountPath"]: m.get("readOnly", False) for m in pod["containers"][0]["volumeMounts"]
     }
     assert mounts["/mnt/pvc/artifacts"] is False and mounts["/mnt/pvc/models"] is True
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["KILN_KERNEL_CACHE"] == "/mnt/pvc/artifacts/kiln/.cache"
+
+
+def test_an_object_store_job_keeps_kernels_in_its_own_scratch(config: OperatorConfig) -> None:
+    job = _job(config, artifacts={"store": "s3://bucket/kiln"})
+    env = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "KILN_KERNEL_CACHE" not in env
 
 
 def test_pod_labels_and_annotations_reach_the_pods(config: OperatorConfig) -> None:
