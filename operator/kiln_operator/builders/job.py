@@ -58,12 +58,20 @@ def build_plan_configmap(resource: ModelOptimization, plan: Plan) -> Obj:
     }
 
 
+def _on_pvc_store(plan: Plan, relative: str) -> str | None:
+    """The mounted path of `relative` under the plan's store prefix; None unless a PVC store."""
+    store = split_store(plan.output.store)
+    if store.scheme != "pvc":
+        return None
+    under = f"{store.prefix}/{relative}" if store.prefix else relative
+    return f"{PVC_ROOT}/{store.root}/{under}"
+
+
 def _workdir(plan: Plan) -> tuple[str, list[Obj], list[Obj]]:
     """Scratch for checkpoints. On a PVC store it is persistent, so a preempted pod resumes."""
-    store = split_store(plan.output.store)
-    if store.scheme == "pvc":
-        work = f"{store.prefix}/.work/{plan.hash()}" if store.prefix else f".work/{plan.hash()}"
-        return f"{PVC_ROOT}/{store.root}/{work}", [], []
+    work = _on_pvc_store(plan, f".work/{plan.hash()}")
+    if work is not None:
+        return work, [], []
     return "/work", [{"name": "work", "emptyDir": {}}], [{"name": "work", "mountPath": "/work"}]
 
 
@@ -77,11 +85,10 @@ def _env(resource: ModelOptimization, plan: Plan) -> tuple[list[Obj], list[Obj]]
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "KILN_PLAN_HASH", "value": plan.hash()},
     ]
-    store = split_store(plan.output.store)
-    if store.scheme == "pvc":
+    kernel_cache = _on_pvc_store(plan, ".cache")
+    if kernel_cache is not None:
         # Compiled CUDA kernels outlive the Job: every job on this store reuses them.
-        cache = f"{store.prefix}/.cache" if store.prefix else ".cache"
-        env.append({"name": KERNEL_CACHE_ENV, "value": f"{PVC_ROOT}/{store.root}/{cache}"})
+        env.append({"name": KERNEL_CACHE_ENV, "value": kernel_cache})
     env_from: list[Obj] = []
     model_secrets = [resource.spec.model.credentials_secret]
     for item in resource.spec.techniques:
