@@ -56,6 +56,19 @@ class TrainingResult:
         """Loss of the final step."""
         return self.losses[-1] if self.losses else None
 
+    def metrics(self) -> dict[str, float | int | str]:
+        """Steps, resume point, first and last loss and time per step, as a technique reports
+        them in the manifest."""
+        metrics: dict[str, float | int | str] = {
+            "steps": self.steps,
+            "resumed_from_step": self.resumed_from,
+        }
+        if self.first_loss is not None and self.last_loss is not None:
+            metrics.update(first_loss=round(self.first_loss, 4), last_loss=round(self.last_loss, 4))
+        if self.seconds_per_step is not None:
+            metrics["seconds_per_step"] = round(self.seconds_per_step, 3)
+        return metrics
+
 
 def batch_at(blocks: torch.Tensor, step: int, batch_size: int) -> torch.Tensor:
     """The rows of `blocks` that step `step` (0-based) trains on, wrapping around the data."""

@@ -74,16 +74,7 @@ def run(ctx: TechniqueContext, spec: QADPlan) -> TechniqueOutcome:
         model.eval()
     student = mtd.export(model)
     del teacher
-    metrics: dict[str, float | int | str] = {
-        "steps": result.steps,
-        "resumed_from_step": result.resumed_from,
-        "temperature": spec.temperature,
-        "kd_weight": spec.kd_weight,
-    }
-    if result.first_loss is not None and result.last_loss is not None:
-        metrics.update(first_loss=round(result.first_loss, 4), last_loss=round(result.last_loss, 4))
-    if result.seconds_per_step is not None:
-        metrics["seconds_per_step"] = round(result.seconds_per_step, 3)
+    metrics = {**result.metrics(), "temperature": spec.temperature, "kd_weight": spec.kd_weight}
     return TechniqueOutcome(model=student, metrics=metrics)
 
 

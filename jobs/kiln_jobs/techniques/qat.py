@@ -48,12 +48,4 @@ def run(ctx: TechniqueContext, spec: QATPlan) -> TechniqueOutcome:
         )
     finally:
         model.eval()
-    metrics: dict[str, float | int | str] = {
-        "steps": result.steps,
-        "resumed_from_step": result.resumed_from,
-    }
-    if result.first_loss is not None and result.last_loss is not None:
-        metrics.update(first_loss=round(result.first_loss, 4), last_loss=round(result.last_loss, 4))
-    if result.seconds_per_step is not None:
-        metrics["seconds_per_step"] = round(result.seconds_per_step, 3)
-    return TechniqueOutcome(model=model, metrics=metrics)
+    return TechniqueOutcome(model=model, metrics=result.metrics())
