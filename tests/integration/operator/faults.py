@@ -103,16 +103,24 @@ class FaultProxy:
                 await self._runner.cleanup()
             await self._session.close()
 
-        with contextlib.suppress(TimeoutError):  # open watch streams die with the loop
+        with contextlib.suppress(TimeoutError):  # open watch streams are cancelled below
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(15)
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._thread.join(15)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self._serve())
         self._ready.set()
         self._loop.run_forever()
+        # Finish every request handler here, on its own loop. Left pending, they would be
+        # closed by the garbage collector later, in whatever thread, on a dead loop.
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
 
     async def _serve(self) -> None:
         app = web.Application()
