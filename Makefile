@@ -29,6 +29,7 @@ venv: $(BIN)/.installed
 
 crds: venv
 	$(BIN)/kiln crd > crds/modeloptimizations.kiln.dev.yaml
+	cp crds/modeloptimizations.kiln.dev.yaml charts/kiln/crds/
 
 test-unit: venv
 	$(BIN)/pytest -m unit -q

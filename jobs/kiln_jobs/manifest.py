@@ -11,12 +11,11 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiln_jobs.contract import Runtime
 from kiln_jobs.plan import Plan
 
 __all__ = [
-    "MANIFEST_API_VERSION",
     "MANIFEST_FILE",
-    "TERMINATION_MESSAGE_LIMIT",
     "Attempt",
     "CheckpointInfo",
     "FileDigest",
@@ -110,7 +109,7 @@ class Manifest(_Model):
     checkpoint_dir: str = "checkpoint"
     triton_repository: str | None = "triton"
     engine_dir: str | None = None
-    serving_runtime: Literal["python", "tensorrtllm-pytorch", "tensorrtllm-engine"] | None = None
+    serving_runtime: Runtime | None = None
     files: list[FileDigest]
 
 
@@ -139,7 +138,7 @@ class JobResult(_Model):
     # Every stack tried against the accuracy gate; kept when the gate failed (nothing published).
     attempts: list[Attempt] = Field(default_factory=list)
     # How the published plan is served, so the operator starts Triton the right way.
-    serving_runtime: Literal["python", "tensorrtllm-pytorch", "tensorrtllm-engine"] | None = None
+    serving_runtime: Runtime | None = None
 
     def to_termination_message(self) -> str:
         """Compact JSON under Kubernetes' limit; stage details, then attempts, are dropped first

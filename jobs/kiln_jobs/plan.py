@@ -18,14 +18,14 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiln_jobs.contract import AwqBlockSize, EngineBackend, KVCacheFormat, QuantFormat
+
 __all__ = [
-    "PLAN_API_VERSION",
     "DataRef",
     "EnginePlan",
     "EvaluationPlan",
     "ExportPlan",
     "HardwarePlan",
-    "KVCacheFormat",
     "ModelRef",
     "OutputPlan",
     "PTQPlan",
@@ -34,7 +34,6 @@ __all__ = [
     "PruneDistillPlan",
     "QADPlan",
     "QATPlan",
-    "QuantFormat",
     "ServingPlan",
     "SpeculativePlan",
     "Technique",
@@ -46,9 +45,6 @@ PLAN_API_VERSION: Final = "kiln.dev/plan-v1"
 # Who asked and where the work is stored do not change what the work produces.
 _UNHASHED_FIELDS = ("metadata", "output")
 
-QuantFormat = Literal["fp8", "nvfp4", "int8_sq", "int4_awq", "w4a8_awq"]
-KVCacheFormat = Literal["none", "fp8", "nvfp4"]
-EngineBackend = Literal["tensorrt-llm", "pytorch", "none"]
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
@@ -86,7 +82,7 @@ class PTQPlan(_Frozen):
     format: QuantFormat
     kv_cache: KVCacheFormat = "none"
     # AWQ group size; None lets the runner pick the largest of 128/64/32 that divides the model.
-    block_size: int | None = None
+    block_size: AwqBlockSize | None = None
     calibration: DataRef
     exclude_modules: tuple[str, ...] = ("*lm_head*",)
 

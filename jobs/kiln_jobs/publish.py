@@ -29,20 +29,13 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from kiln_jobs.contract import STORE_ENV_PREFIX
 from kiln_jobs.errors import SourceNotFound, UserError
 from kiln_jobs.manifest import MANIFEST_FILE, FileDigest, Manifest
 from kiln_jobs.sources import s3
 from kiln_jobs.sources.uri import local_path, parse_uri
 
-__all__ = [
-    "DirectoryStore",
-    "ObjectStore",
-    "Published",
-    "Store",
-    "digest_files",
-    "open_store",
-    "sha256_file",
-]
+__all__ = ["DirectoryStore", "ObjectStore", "Published", "Store", "digest_files", "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +86,7 @@ def open_store(uri: str, workdir: Path) -> Store:
         return DirectoryStore(local_path(parsed), uri=uri.rstrip("/"))
     if parsed.scheme == "s3":
         bucket, prefix = s3.split(parsed)
-        bucket_store = s3.open_bucket(bucket, env_prefix=s3.STORE_ENV_PREFIX)
+        bucket_store = s3.open_bucket(bucket, env_prefix=STORE_ENV_PREFIX)
         return ObjectStore(bucket_store, prefix, uri.rstrip("/"), workdir / "staging")
     raise UserError(f"output.store {uri}: artifacts go to file://, pvc:// or s3://")
 

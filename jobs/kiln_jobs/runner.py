@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from kiln_jobs import gate, hardware
+from kiln_jobs.contract import CHECKPOINT_DIR, ENGINE_DIR, TRITON_DIR
 from kiln_jobs.errors import (
     AccuracyGateFailed,
     KilnJobError,
@@ -68,11 +69,10 @@ from kiln_jobs.sources.models import LoadedModel, ModelFiles, load_model, resolv
 from kiln_jobs.techniques import registry
 from kiln_jobs.techniques.context import TechniqueContext, TechniqueOutcome
 
-__all__ = ["CHECKPOINT_DIR", "TOOLS", "Run", "RunResult", "run_plan", "tool_versions"]
+__all__ = ["TOOLS", "Run", "RunResult", "run_plan"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
 # Distributions whose versions say what produced a checkpoint.
 TOOLS = ("kiln", "nvidia-modelopt", "torch", "transformers", "tensorrt_llm")
 
@@ -361,7 +361,7 @@ class Run:
 
         with self._stage("engine") as progress:
             built = engine.build_engine(
-                self.plan, staging / CHECKPOINT_DIR, staging / repository.ENGINE_DIR, progress
+                self.plan, staging / CHECKPOINT_DIR, staging / ENGINE_DIR, progress
             )
         with self._stage("repository"):
             runtime = repository.write_repository(self.plan, staging)
@@ -376,8 +376,8 @@ class Run:
                 metrics=self.metrics.model_copy(),
                 checkpoint=self._checkpoint_info(),
                 checkpoint_dir=CHECKPOINT_DIR,
-                triton_repository=repository.TRITON_DIR,
-                engine_dir=repository.ENGINE_DIR if built is not None else None,
+                triton_repository=TRITON_DIR,
+                engine_dir=ENGINE_DIR if built is not None else None,
                 serving_runtime=runtime,
                 files=digest_files(staging),
             )

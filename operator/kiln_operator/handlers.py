@@ -1,16 +1,12 @@
-"""kopf handlers: thin triggers around one level-triggered `Reconciler.reconcile`.
+"""kopf wiring: which events run the controller (`kiln_operator.controller`), with what retries.
 
-Every trigger — the resource changing, a timer, an owned Job or Deployment changing — runs the
-same function, which reads the resource and its children fresh and converges them. Nothing is
-remembered between calls that the cluster does not also hold, so a restarted operator continues
-where the previous one stopped.
+Every trigger — the resource changing, a timer, an owned Job, pod or Deployment changing — runs
+the same `Reconciler.reconcile`; deletions of resources that asked for it run `remove_artifacts`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,142 +15,12 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kiln_operator.api import GROUP, PLURAL, VERSION
-from kiln_operator.conditions import now_rfc3339
-from kiln_operator.config import OperatorConfig
-from kiln_operator.jobstate import view_job
-from kiln_operator.kube import KubeApi, namespace_terminating
-from kiln_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, PhaseClock
+from kiln_operator.controller import Reconciler, remove_artifacts
 from kiln_operator.naming import COMPONENT_LABEL, OWNER_LABEL
-from kiln_operator.reconcile import (
-    Decision,
-    Event,
-    Prepared,
-    decide,
-    decide_invalid,
-    prepare,
-)
-from kiln_operator.retention import build_cleanup_job, plan_cleanup
-from kiln_operator.smoke import smoke_test
-from kiln_operator.store import remove_published
 
-__all__ = ["Reconciler", "register"]
+__all__ = ["register"]
 
-# Ready resources are re-examined this often even when nothing about them changed.
-_RESYNC_READY_SECONDS = 300.0
 _MANAGED = {"app.kubernetes.io/managed-by": "kiln"}
-
-
-class Reconciler:
-    """Converges one ModelOptimization at a time; safe to call from any trigger, any thread."""
-
-    def __init__(self, api: KubeApi, config: OperatorConfig) -> None:
-        self.api = api
-        self.config = config
-        self.clock = PhaseClock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
-        self._last_done: dict[str, float] = {}
-
-    def _lock(self, key: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
-
-    def reconcile(self, namespace: str, name: str, *, periodic: bool = False) -> Decision | None:
-        """Read the resource and its children, decide, apply. Returns what was decided."""
-        key = f"{namespace}/{name}"
-        with self._lock(key):
-            body = self.api.get_resource(namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                self.clock.observe(key, None)
-                return None
-            if periodic and self._settled(key, body):
-                return None
-            started = time.monotonic()
-            try:
-                decision = self._decide(body)
-                self.api.execute(decision, body)
-            except ApiException as error:
-                if namespace_terminating(error):
-                    # Its namespace is going, and the resource with it: nothing left to converge.
-                    self.api.log.info("%s: namespace is being deleted; not reconciling", key)
-                    self.clock.observe(key, None)
-                    return None
-                RECONCILE_ERRORS.labels(f"http_{error.status}").inc()
-                raise
-            RECONCILE_SECONDS.observe(time.monotonic() - started)
-            RECONCILES.labels(decision.status.get("phase") or "Unknown").inc()
-            self.clock.observe(key, decision.status.get("phase"))
-            self._last_done[key] = time.monotonic()
-            return decision
-
-    def _settled(self, key: str, body: dict[str, Any]) -> bool:
-        """A Ready resource that was examined recently needs no periodic look."""
-        status = body.get("status") or {}
-        fresh = time.monotonic() - self._last_done.get(key, 0.0) < _RESYNC_READY_SECONDS
-        current = status.get("observedGeneration") == body["metadata"].get("generation")
-        return fresh and current and status.get("phase") in ("Ready", "Failed")
-
-    def _decide(self, body: dict[str, Any]) -> Decision:
-        prepared = prepare(body, self.config)
-        now = now_rfc3339()
-        if not isinstance(prepared, Prepared):
-            return decide_invalid(body, prepared, now)
-        observed = self.api.observe(prepared, self.config)
-        if observed.job is not None:
-            state = view_job(observed.job, observed.job_pods).state
-            self.clock.observe(
-                f"{body['metadata']['namespace']}/{body['metadata']['name']}",
-                (body.get("status") or {}).get("phase"),
-                state,
-            )
-        decision = decide(prepared, observed, self.config, now)
-        if decision.smoke is not None:
-            observed.smoke = smoke_test(decision.smoke, self.config.smoke_timeout_seconds)
-            decision = decide(prepared, observed, self.config, now)
-        return decision
-
-
-def remove_artifacts(reconciler: Reconciler, body: dict[str, Any], logger: logging.Logger) -> None:
-    """Delete the resource's published plan unless another resource uses it.
-
-    Raises:
-        kopf.TemporaryError: the cleanup Job is still running (kopf calls again).
-        kopf.PermanentError: the cleanup Job failed; the artifacts stay, an Event says so.
-    """
-    api, config = reconciler.api, reconciler.config
-    cleanup = plan_cleanup(body, api.list_resources(), config.default_store)
-    if cleanup.action == "nothing" or cleanup.plan_hash is None or cleanup.store is None:
-        return
-    if cleanup.action == "keep-shared":
-        api.post_event(
-            body,
-            Event(
-                "Normal",
-                "ArtifactsKept",
-                f"plan {cleanup.plan_hash} is still used by "
-                f"{', '.join(cleanup.shared_with)}; its artifacts stay",
-            ),
-        )
-        return
-    namespace = body["metadata"]["namespace"]
-    if remove_published(cleanup.store, cleanup.plan_hash, config.store_mounts, namespace):
-        logger.info("removed artifacts of plan %s", cleanup.plan_hash)
-        return
-    job = build_cleanup_job(body, cleanup.plan_hash, cleanup.store, config)
-    state = api.run_once(job)
-    if state == "Failed":
-        api.post_event(
-            body,
-            Event(
-                "Warning",
-                "ArtifactsNotRemoved",
-                f"Job {job['metadata']['name']} could not remove "
-                f"{cleanup.store}/{cleanup.plan_hash}; remove it by hand",
-            ),
-        )
-        raise kopf.PermanentError("artifact cleanup failed")
-    if state != "Succeeded":
-        raise kopf.TemporaryError("waiting for the artifact cleanup Job", delay=5)
 
 
 def register(

@@ -10,11 +10,10 @@ from __future__ import annotations
 import re
 
 # One table of which generation runs which format, shared with the job's own device check.
-from kiln_jobs.hardware import FAMILY_ORDER, FORMAT_MIN_FAMILY, KV_CACHE_MIN_FAMILY
+from kiln_jobs.contract import FAMILIES, KV_CACHES, shortfall
 
 __all__ = [
     "FAMILY_LABEL",
-    "FORMAT_MIN_FAMILY",
     "PRODUCT_LABEL",
     "family_of_product",
     "format_support_problem",
@@ -43,6 +42,7 @@ def family_of_product(product: str) -> str | None:
     return None
 
 
+_FAMILY_NAMES = {family.name for family in FAMILIES}
 # GPU feature discovery's `nvidia.com/gpu.family` values that differ from ours.
 _FAMILY_ALIASES = {"ada-lovelace": "ada", "adalovelace": "ada"}
 
@@ -53,31 +53,21 @@ def normalize_family(label: str) -> str:
     return _FAMILY_ALIASES.get(lowered, lowered)
 
 
-def _older(family: str, minimum: str) -> bool:
-    return FAMILY_ORDER.index(family) < FAMILY_ORDER.index(minimum)
-
-
 def format_support_problem(
     fmt: str, family: str | None, *, kv_cache: str = "none", where: str = "this GPU"
 ) -> str | None:
     """Why `fmt` (and the KV-cache format) cannot run on `family`, or None if it can or if the
-    family is unknown (an unknown GPU is not refused)."""
-    if family is None:
+    family is unknown (an unknown GPU is not refused). An unknown format raises ValueError."""
+    known = normalize_family(family) if family is not None else ""
+    if known not in _FAMILY_NAMES:
+        shortfall(fmt, kv_cache, FAMILIES[-1].name)  # an unknown format still raises
         return None
-    family = normalize_family(family)
-    if family not in FAMILY_ORDER:
+    missing = shortfall(fmt, kv_cache, known)
+    if missing is None:
         return None
-    minimum = FORMAT_MIN_FAMILY.get(fmt)
-    if minimum and _older(family, minimum):
-        return (
-            f"{fmt} needs an NVIDIA {minimum.capitalize()} or newer GPU, but {where} is "
-            f"{family.capitalize()}; choose a GPU product of that generation or another format"
-        )
-    kv_minimum = KV_CACHE_MIN_FAMILY.get(kv_cache)
-    if kv_minimum and _older(family, kv_minimum):
-        usable = ["none"] + [k for k, m in KV_CACHE_MIN_FAMILY.items() if not _older(family, m)]
-        return (
-            f"an {kv_cache} KV cache needs an NVIDIA {kv_minimum.capitalize()} or newer GPU, "
-            f"but {where} is {family.capitalize()}; choose kvCache: {' or '.join(usable)}"
-        )
-    return None
+    needed = f"needs an NVIDIA {missing.minimum.capitalize()} or newer GPU"
+    found = f"but {where} is {known.capitalize()}"
+    if missing.what == "format":
+        return f"{fmt} {needed}, {found}; choose a GPU product of that generation or another format"
+    usable = [name for name in KV_CACHES if shortfall(fmt, name, known) is None]
+    return f"an {kv_cache} KV cache {needed}, {found}; choose kvCache: {' or '.join(usable)}"

@@ -14,11 +14,12 @@ import kopf
 
 from kiln_operator.api import GROUP
 from kiln_operator.config import OperatorConfig, load_config
-from kiln_operator.handlers import Reconciler, register
+from kiln_operator.controller import Reconciler
+from kiln_operator.handlers import register
 from kiln_operator.kube import KubeApi, load_kube_config
 from kiln_operator.metrics import serve_metrics
 
-__all__ = ["configure_kopf", "run_operator"]
+__all__ = ["run_operator"]
 
 log = logging.getLogger("kiln.operator")
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as pb
 
+from kiln_jobs.contract import MODEL_MOUNT
 from kiln_jobs.plan import Plan
-from kiln_jobs.serving import MODEL_MOUNT
 from kiln_jobs.serving.models import source_path
 from kiln_jobs.serving.triton_config import (
     bool_param,
@@ -37,16 +37,7 @@ from kiln_jobs.serving.triton_config import (
     write_config,
 )
 
-__all__ = [
-    "BATCHING_STRATEGY",
-    "ENGINE_MODELS",
-    "bls_config",
-    "ensemble_config",
-    "postprocessing_config",
-    "preprocessing_config",
-    "tensorrt_llm_config",
-    "write_engine_repository",
-]
+__all__ = ["ENGINE_MODELS", "write_engine_repository"]
 
 ENGINE_MODELS = ("ensemble", "preprocessing", "tensorrt_llm", "postprocessing", "tensorrt_llm_bls")
 BATCHING_STRATEGY = "inflight_fused_batching"

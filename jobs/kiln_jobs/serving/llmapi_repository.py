@@ -31,9 +31,9 @@ from typing import Any
 import yaml
 from tritonclient.grpc import model_config_pb2 as pb
 
+from kiln_jobs.contract import MODEL_MOUNT
 from kiln_jobs.errors import UserError
 from kiln_jobs.plan import Plan
-from kiln_jobs.serving import MODEL_MOUNT
 from kiln_jobs.serving.engine import max_num_tokens
 from kiln_jobs.serving.models import source_path
 from kiln_jobs.serving.triton_config import (
@@ -43,13 +43,7 @@ from kiln_jobs.serving.triton_config import (
     write_config,
 )
 
-__all__ = [
-    "LLMAPI_MODEL",
-    "UPSTREAM_MODEL_ENV",
-    "llmapi_config",
-    "llmapi_model_yaml",
-    "write_llmapi_repository",
-]
+__all__ = ["LLMAPI_MODEL", "UPSTREAM_MODEL_ENV", "write_llmapi_repository"]
 
 LLMAPI_MODEL = "tensorrt_llm"
 UPSTREAM_MODEL_ENV = "KILN_TRTLLM_LLMAPI_MODEL_DIR"

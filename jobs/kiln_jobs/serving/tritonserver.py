@@ -46,8 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from kiln_jobs.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from kiln_jobs.errors import ExitCode, KilnJobError, UserError
-from kiln_jobs.serving import GRPC_PORT, HTTP_PORT, METRICS_PORT
 
 __all__ = [
     "Ports",
@@ -58,8 +58,6 @@ __all__ = [
     "free_ports",
     "main",
     "prepare_backend_dir",
-    "server_argv",
-    "server_env",
 ]
 
 _PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"

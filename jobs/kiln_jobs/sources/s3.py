@@ -35,8 +35,6 @@ from kiln_jobs.errors import MissingCredentials, SourceNotFound
 from kiln_jobs.sources.uri import Uri
 
 __all__ = [
-    "CREDENTIAL_ENV",
-    "STORE_ENV_PREFIX",
     "delete_keys",
     "download_file",
     "download_prefix",
@@ -63,7 +61,6 @@ def split(uri: Uri) -> tuple[str, str]:
 
 # The operator hands the artifact store's credentials to a Job under this prefix, so they never
 # collide with the model source's (both are AWS_* keys).
-STORE_ENV_PREFIX = "KILN_STORE_"
 
 
 def _environment(prefix: str) -> dict[str, str]:

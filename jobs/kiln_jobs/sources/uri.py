@@ -15,12 +15,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln_jobs.contract import PVC_ROOT, PVC_ROOT_ENV
 from kiln_jobs.errors import UserError
 
-__all__ = ["DEFAULT_PVC_ROOT", "PVC_ROOT_ENV", "Uri", "local_path", "parse_uri"]
+__all__ = ["Uri", "local_path", "parse_uri"]
 
-PVC_ROOT_ENV = "KILN_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
 _SCHEMES = ("file", "pvc", "s3", "hf", "package", "builtin")
 
 
@@ -52,6 +51,6 @@ def local_path(uri: Uri) -> Path:
     if uri.scheme == "file":
         return Path("/" + uri.rest.lstrip("/"))
     if uri.scheme == "pvc":
-        root = Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT))
+        root = Path(os.environ.get(PVC_ROOT_ENV, PVC_ROOT))
         return root / uri.rest.strip("/")
     raise UserError(f"{uri} is not a local location (file:// or pvc://)")

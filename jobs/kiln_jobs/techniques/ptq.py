@@ -1,14 +1,16 @@
 """Post-training quantization with Model Optimizer (`modelopt.torch.quantization`).
 
-| format     | Model Optimizer config  | algorithm                  | exported `quant_algo` |
-|------------|-------------------------|----------------------------|-----------------------|
-| `fp8`      | `FP8_DEFAULT_CFG`       | max calibration            | `FP8`                 |
-| `int8_sq`  | `INT8_SMOOTHQUANT_CFG`  | SmoothQuant                | `W8A8_SQ_PER_CHANNEL` |
-| `int4_awq` | `INT4_AWQ_CFG`          | AWQ-lite, weight-only      | `W4A16_AWQ`           |
-| `w4a8_awq` | `W4A8_AWQ_BETA_CFG`     | AWQ-lite, FP8 activations  | `W4A8_AWQ`            |
-| `nvfp4`    | `NVFP4_DEFAULT_CFG`     | max calibration            | `NVFP4`               |
+Each format's Model Optimizer config, calibration passes and the GPU generation it needs are in
+`kiln_jobs.contract.FORMATS` (and the KV-cache configs, which quantize keys and values after
+RoPE, in `KV_CACHES`). What the algorithms are and what the exporter writes as `quant_algo`:
 
-`kv_cache` adds `FP8_KV_CFG` or `NVFP4_KV_CFG` (keys and values quantized after RoPE).
+| format     | algorithm                  | exported `quant_algo` |
+|------------|----------------------------|-----------------------|
+| `fp8`      | max calibration            | `FP8`                 |
+| `int8_sq`  | SmoothQuant                | `W8A8_SQ_PER_CHANNEL` |
+| `int4_awq` | AWQ-lite, weight-only      | `W4A16_AWQ`           |
+| `w4a8_awq` | AWQ-lite, FP8 activations  | `W4A8_AWQ`            |
+| `nvfp4`    | max calibration            | `NVFP4`               |
 
 AWQ formats quantize weights in blocks along the input dimension, and the exporter packs only
 whole blocks: the block size must divide every quantized layer's input width (SmolLM2's 576
@@ -30,16 +32,13 @@ import torch
 from modelopt.torch.quantization.utils.core_utils import update_quant_cfg_with_kv_cache_quant
 
 from kiln_jobs import hardware
+from kiln_jobs.contract import AWQ_BLOCK_SIZES, format_spec, kv_cache_spec
 from kiln_jobs.errors import UnsupportedHardware, UserError
 from kiln_jobs.plan import PTQPlan
 from kiln_jobs.sources.data import blocks_digest
 from kiln_jobs.techniques.context import TechniqueContext, TechniqueOutcome
 
 __all__ = [
-    "AWQ_FORMATS",
-    "BLOCK_SIZE_CHOICES",
-    "FORMAT_CONFIGS",
-    "KV_CACHE_CONFIGS",
     "build_config",
     "preflight",
     "resolve_block_size",
@@ -47,19 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-FORMAT_CONFIGS = {
-    "fp8": "FP8_DEFAULT_CFG",
-    "int8_sq": "INT8_SMOOTHQUANT_CFG",
-    "int4_awq": "INT4_AWQ_CFG",
-    "w4a8_awq": "W4A8_AWQ_BETA_CFG",
-    "nvfp4": "NVFP4_DEFAULT_CFG",
-}
-KV_CACHE_CONFIGS = {"fp8": "FP8_KV_CFG", "nvfp4": "NVFP4_KV_CFG"}
-AWQ_FORMATS = frozenset({"int4_awq", "w4a8_awq"})
-BLOCK_SIZE_CHOICES = (128, 64, 32)
-# How many times each algorithm runs the calibration data through the model (for progress).
-_CALIBRATION_PASSES = {"int4_awq": 2, "w4a8_awq": 4}
 
 
 def preflight(spec: PTQPlan, accelerator: hardware.Accelerator) -> None:
@@ -72,11 +58,12 @@ def preflight(spec: PTQPlan, accelerator: hardware.Accelerator) -> None:
 def run(ctx: TechniqueContext, spec: PTQPlan) -> TechniqueOutcome:
     """Calibrate and fake-quantize `ctx.model` in place."""
     preflight(spec, hardware.detect())
-    block_size = resolve_block_size(ctx.model, spec) if spec.format in AWQ_FORMATS else None
+    fmt = format_spec(spec.format)
+    block_size = resolve_block_size(ctx.model, spec) if fmt.awq else None
     config = build_config(spec, block_size)
     blocks = ctx.token_blocks(spec.calibration, "calibration")
     device = next(ctx.model.parameters()).device
-    passes = _CALIBRATION_PASSES.get(spec.format, 1)
+    passes = fmt.calibration_passes
     done = 0
 
     def forward_loop(model: Any) -> None:
@@ -105,7 +92,7 @@ def run(ctx: TechniqueContext, spec: PTQPlan) -> TechniqueOutcome:
 
 def build_config(spec: PTQPlan, block_size: int | None = None) -> dict[str, Any]:
     """The Model Optimizer quantization config for a PTQ plan."""
-    config = copy.deepcopy(getattr(mtq, FORMAT_CONFIGS[spec.format]))
+    config = copy.deepcopy(getattr(mtq, format_spec(spec.format).modelopt_config))
     if block_size is not None:
         for entry in config["quant_cfg"]:
             if entry.get("quantizer_name") == "*weight_quantizer":
@@ -115,15 +102,16 @@ def build_config(spec: PTQPlan, block_size: int | None = None) -> dict[str, Any]
     config["quant_cfg"] = list(config["quant_cfg"]) + [
         {"quantizer_name": _quantizer_pattern(p), "enable": False} for p in spec.exclude_modules
     ]
-    if spec.kv_cache != "none":
-        kv = getattr(mtq, KV_CACHE_CONFIGS[spec.kv_cache])
+    kv_config = kv_cache_spec(spec.kv_cache).modelopt_config
+    if kv_config is not None:
+        kv = getattr(mtq, kv_config)
         config = update_quant_cfg_with_kv_cache_quant(config, kv["quant_cfg"])
     return config
 
 
 def resolve_block_size(model: torch.nn.Module, spec: PTQPlan) -> int:
     """The AWQ block size: the Plan's if it divides every quantized input width, else refused;
-    with none in the Plan, the largest of `BLOCK_SIZE_CHOICES` that does."""
+    with none in the Plan, the largest of `AWQ_BLOCK_SIZES` that does."""
     widths = _quantized_input_widths(model, spec)
     if not widths:
         raise UserError("ptq: no Linear layer is left to quantize after exclude_modules")
@@ -131,21 +119,21 @@ def resolve_block_size(model: torch.nn.Module, spec: PTQPlan) -> int:
         misfits = {name: w for name, w in widths.items() if w % spec.block_size}
         if misfits:
             name, width = next(iter(misfits.items()))
-            fitting = [b for b in BLOCK_SIZE_CHOICES if all(w % b == 0 for w in widths.values())]
+            fitting = [b for b in AWQ_BLOCK_SIZES if all(w % b == 0 for w in widths.values())]
             hint = f"use block_size {fitting[0]}" if fitting else "exclude those layers"
             raise UserError(
                 f"ptq: block_size {spec.block_size} does not divide the input width {width} of "
                 f"{name} ({len(misfits)} layers); partial blocks cannot be exported: {hint}"
             )
         return spec.block_size
-    for size in BLOCK_SIZE_CHOICES:
+    for size in AWQ_BLOCK_SIZES:
         if all(width % size == 0 for width in widths.values()):
-            if size != BLOCK_SIZE_CHOICES[0]:
+            if size != AWQ_BLOCK_SIZES[0]:
                 log.info("ptq: AWQ block size %d (divides every quantized input width)", size)
             return size
     odd = sorted(set(widths.values()))
     raise UserError(
-        f"ptq: no AWQ block size among {BLOCK_SIZE_CHOICES} divides the input widths {odd}; "
+        f"ptq: no AWQ block size among {AWQ_BLOCK_SIZES} divides the input widths {odd}; "
         "set block_size explicitly or exclude those layers"
     )
 

@@ -38,19 +38,13 @@ from modelopt.torch.speculative.plugins.hf_eagle import default_eagle_aux_layer_
 from safetensors import safe_open
 from transformers import PreTrainedModel
 
+from kiln_jobs.contract import DRAFT_DIR
 from kiln_jobs.errors import SourceNotFound, UserError
 from kiln_jobs.plan import DataRef, ModelRef, SpeculativePlan
 from kiln_jobs.techniques._training import TrainingResult, train_resumably
 from kiln_jobs.techniques.context import TechniqueContext, TechniqueOutcome
 
-__all__ = [
-    "ACCEPTANCE_NEW_TOKENS",
-    "ACCEPTANCE_PROMPTS",
-    "ACCEPTANCE_PROMPT_TOKENS",
-    "EAGLE_DRAFT_TOKENS",
-    "measure_acceptance_length",
-    "run",
-]
+__all__ = ["ACCEPTANCE_NEW_TOKENS", "EAGLE_DRAFT_TOKENS", "measure_acceptance_length", "run"]
 
 # EAGLE-3 drafts this many tokens per step: modelopt trains it for 3 test-time steps.
 EAGLE_DRAFT_TOKENS = 3
@@ -92,13 +86,13 @@ def run(ctx: TechniqueContext, spec: SpeculativePlan) -> TechniqueOutcome:
         metrics["draft_source"] = "trained"
     drafter.eval()
     metrics.update(_acceptance_metrics(ctx, spec, base, drafter))
-    draft_dir = ctx.workdir / "draft"
+    draft_dir = ctx.workdir / DRAFT_DIR
     if spec.draft is not None:
         _copy_dir(source, draft_dir)
     else:
         _export(drafter, spec, draft_dir)
     ctx.progress(100.0, f"draft exported; acceptance length {metrics['acceptance_length']}")
-    return TechniqueOutcome(model=base, metrics=metrics, artifacts={"draft": draft_dir})
+    return TechniqueOutcome(model=base, metrics=metrics, artifacts={DRAFT_DIR: draft_dir})
 
 
 def measure_acceptance_length(

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from kiln_jobs.contract import EngineBackend, QuantFormat
 from kiln_operator.api.base import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -15,7 +16,7 @@ from kiln_operator.api.base import (
     SecretName,
     cel_rules,
 )
-from kiln_operator.api.techniques import DataSpec, QuantFormat, TechniqueSpec
+from kiln_operator.api.techniques import DataSpec, TechniqueSpec
 from kiln_operator.api.uris import EMBEDDED_MODEL, ModelURI, StoreURI
 from kiln_operator.hardware import family_of_product, format_support_problem
 
@@ -33,7 +34,6 @@ __all__ = [
     "ServingSpec",
     "SmokeTestSpec",
     "Toleration",
-    "stack_problems",
 ]
 
 
@@ -102,7 +102,7 @@ class EvaluationSpec(KilnModel):
 class EngineSpec(KilnModel):
     """How the optimized checkpoint is made servable."""
 
-    backend: Literal["pytorch", "tensorrt-llm", "none"] = "pytorch"
+    backend: EngineBackend = "pytorch"
     """pytorch: TensorRT-LLM's LLM-API backend serves the checkpoint directly (Triton's
     recommended path; no engine build). tensorrt-llm: build TensorRT-LLM engines and serve them
     with the inflight_batcher_llm ensemble (fastest start, engines tied to GPU model and

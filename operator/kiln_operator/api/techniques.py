@@ -7,25 +7,55 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from kiln_jobs.contract import (
+    AWQ_BLOCK_SIZES,
+    FORMATS,
+    KV_CACHES,
+    AwqBlockSize,
+    KVCacheFormat,
+    QuantFormat,
+    awq_formats,
+)
 from kiln_operator.api.base import KilnModel, SecretName, cel_rules
 from kiln_operator.api.uris import BUILTIN_TEXT, DataURI, ModelURI
 
 __all__ = [
     "DataSpec",
-    "KVCacheFormat",
     "ModelRefSpec",
     "PTQSpec",
     "PruneDistillSpec",
     "QADSpec",
     "QATSpec",
-    "QuantFormat",
     "SpeculativeSpec",
     "TechniqueSpec",
     "TrainingSpec",
 ]
 
-QuantFormat = Literal["fp8", "nvfp4", "int8_sq", "int4_awq", "w4a8_awq"]
-KVCacheFormat = Literal["none", "fp8", "nvfp4"]
+_AWQ = awq_formats()
+
+
+def _generation(family: str | None) -> str:
+    return "any GPU" if family is None else f"{family.capitalize()} and newer"
+
+
+# `kubectl explain` lists every format and what it needs, straight from the table.
+_FORMAT_DOC = (
+    "Quantization format. "
+    + "; ".join(
+        f"{name} ({spec.summary}): {_generation(spec.min_family)}" for name, spec in FORMATS.items()
+    )
+    + "."
+)
+_KV_CACHE_DOC = (
+    "KV-cache precision: "
+    + "; ".join(
+        f"{name} ({_generation(spec.min_family)})"
+        if spec.modelopt_config
+        else f"{name} keeps the model's dtype"
+        for name, spec in KV_CACHES.items()
+    )
+    + "."
+)
 
 # Wire names of the technique fields, in the order they are documented.
 TECHNIQUE_KINDS = ("ptq", "qat", "qad", "speculative", "pruneDistill")
@@ -67,7 +97,8 @@ class TrainingSpec(KilnModel):
     steps: int | None = Field(default=None, gt=0, le=10_000_000)
     """Optimizer steps. Defaults to 100."""
     learning_rate: float | None = Field(default=None, gt=0, le=1)
-    """Peak learning rate (AdamW, cosine decay). Defaults to 1e-5."""
+    """AdamW learning rate, reached after warmupSteps of linear warm-up and then held
+    constant. Defaults to 1e-5."""
     batch_size: int | None = Field(default=None, gt=0, le=4096)
     """Sequences per step. Defaults to 4."""
     warmup_steps: int | None = Field(default=None, ge=0)
@@ -82,15 +113,14 @@ class TrainingSpec(KilnModel):
 class PTQSpec(KilnModel):
     """Post-training quantization: calibrate, then quantize weights (and activations)."""
 
-    format: QuantFormat
-    """Quantization format. fp8: Ada/Hopper and newer; nvfp4: Blackwell; int8_sq
-    (SmoothQuant W8A8): Ampere and newer; int4_awq (W4A16): Ampere and newer; w4a8_awq:
-    Ada/Hopper and newer."""
-    kv_cache: KVCacheFormat = "none"
-    """KV-cache precision: none keeps the model's dtype; fp8 (Ada/Hopper+); nvfp4 (Blackwell)."""
-    block_size: Literal[32, 64, 128] | None = None
-    """Group size for int4_awq and w4a8_awq. Unset picks the largest of 128, 64, 32 that
-    divides every quantized layer's input size."""
+    format: QuantFormat = Field(description=_FORMAT_DOC)
+    kv_cache: KVCacheFormat = Field(default="none", description=_KV_CACHE_DOC)
+    block_size: AwqBlockSize | None = Field(
+        default=None,
+        description=f"Group size for {' and '.join(_AWQ)}. Unset picks the largest of "
+        f"{', '.join(map(str, AWQ_BLOCK_SIZES))} that divides every quantized layer's "
+        "input size.",
+    )
     calibration: DataSpec | None = None
     """Calibration text. Defaults to 128 sequences of 512 tokens of builtin://common-licenses."""
     exclude_modules: list[str] | None = Field(default=None, max_length=64)
@@ -98,16 +128,16 @@ class PTQSpec(KilnModel):
 
     model_config = cel_rules(
         (
-            "!has(self.blockSize) || self.format in ['int4_awq', 'w4a8_awq']",
-            "blockSize applies to int4_awq and w4a8_awq only",
+            f"!has(self.blockSize) || self.format in {_AWQ}",
+            f"blockSize applies to {' and '.join(_AWQ)} only",
             ".blockSize",
         )
     )
 
     @model_validator(mode="after")
     def _block_size_needs_awq(self) -> PTQSpec:
-        if self.block_size is not None and self.format not in ("int4_awq", "w4a8_awq"):
-            raise ValueError(f"blockSize: applies to int4_awq and w4a8_awq, not {self.format}")
+        if self.block_size is not None and self.format not in _AWQ:
+            raise ValueError(f"blockSize: applies to {' and '.join(_AWQ)}, not {self.format}")
         return self
 
 

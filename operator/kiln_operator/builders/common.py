@@ -1,10 +1,14 @@
-"""Pieces every pod Kiln creates shares: security, scratch volumes, storage mounts."""
+"""Pieces every pod Kiln creates shares: the restricted container and pod, scratch volumes, the
+store's credentials and storage mounts. The optimization Job, the Triton Deployment and the
+cleanup Job are all assembled from these."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiln_jobs.contract import PVC_ROOT, STORE_ENV_PREFIX
 from kiln_jobs.plan import (
     DataRef,
     ModelRef,
@@ -18,24 +22,20 @@ from kiln_jobs.plan import (
 )
 
 __all__ = [
-    "PVC_ROOT",
     "StoreLocation",
-    "container_security_context",
     "input_uris",
-    "pod_security_context",
+    "kiln_container",
     "pvc_mounts",
+    "restricted_pod",
     "scratch_volumes",
     "split_store",
+    "store_env_from",
 ]
 
 Obj = dict[str, Any]
 
-# Where PersistentVolumeClaims appear inside Job pods: pvc://claim/path → /mnt/pvc/claim/path.
-# The job runner resolves pvc:// URIs against the same root (KILN_PVC_ROOT).
-PVC_ROOT = "/mnt/pvc"
 
-
-def pod_security_context(uid: int) -> Obj:
+def _pod_security_context(uid: int) -> Obj:
     """Pod-level settings that meet the restricted Pod Security Standard."""
     return {
         "runAsNonRoot": True,
@@ -47,7 +47,7 @@ def pod_security_context(uid: int) -> Obj:
     }
 
 
-def container_security_context() -> Obj:
+def _container_security_context() -> Obj:
     """Container-level settings that meet the restricted Pod Security Standard."""
     return {
         "allowPrivilegeEscalation": False,
@@ -56,6 +56,54 @@ def container_security_context() -> Obj:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def kiln_container(
+    name: str,
+    *,
+    image: str,
+    command: Sequence[str],
+    args: Sequence[str] = (),
+    env: Iterable[Obj] = (),
+    env_from: Iterable[Obj] = (),
+    mounts: Iterable[Obj] = (),
+    resources: Obj | None = None,
+    **extra: Any,
+) -> Obj:
+    """A container that meets the restricted Pod Security Standard; HOME points at the writable
+    /tmp (the root filesystem is read-only). `extra` adds fields such as ports or probes."""
+    container: Obj = {
+        "name": name,
+        "image": image,
+        "command": list(command),
+        "args": list(args),
+        "env": [{"name": "HOME", "value": "/tmp"}, *env],
+        "envFrom": list(env_from),
+        "volumeMounts": list(mounts),
+        "securityContext": _container_security_context(),
+        **extra,
+    }
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def restricted_pod(uid: int, containers: list[Obj], volumes: list[Obj], **extra: Any) -> Obj:
+    """A pod spec that meets the restricted Pod Security Standard and holds no API credentials
+    (Kiln's pods never talk to the Kubernetes API)."""
+    return {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security_context(uid),
+        **extra,
+        "containers": containers,
+        "volumes": volumes,
+    }
+
+
+def store_env_from(secret: str | None) -> list[Obj]:
+    """The artifact store's credentials, by Secret reference, under `STORE_ENV_PREFIX`."""
+    return [{"prefix": STORE_ENV_PREFIX, "secretRef": {"name": secret}}] if secret else []
 
 
 def scratch_volumes() -> tuple[list[Obj], list[Obj]]:

@@ -4,40 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln_jobs.contract import (
+    KERNEL_CACHE_ENV,
+    PLAN_FILE,
+    PLAN_HASH_ENV,
+    PLAN_MOUNT,
+    PVC_ROOT,
+    PVC_ROOT_ENV,
+    TERMINATION_LOG,
+)
 from kiln_jobs.errors import ExitCode
-from kiln_jobs.hardware import KERNEL_CACHE_ENV
 from kiln_jobs.plan import Plan
 from kiln_operator.api import ModelOptimization
 from kiln_operator.api.base import parse_duration_seconds
 from kiln_operator.builders.common import (
-    PVC_ROOT,
-    container_security_context,
-    pod_security_context,
+    kiln_container,
     pvc_mounts,
+    restricted_pod,
     scratch_volumes,
     split_store,
+    store_env_from,
 )
 from kiln_operator.config import OperatorConfig
 from kiln_operator.naming import child_labels, job_name, plan_configmap_name
 
-__all__ = [
-    "JOB_CONTAINER",
-    "PLAN_MOUNT",
-    "QUEUE_LABEL",
-    "STORE_ENV_PREFIX",
-    "build_job",
-    "build_plan_configmap",
-]
+__all__ = ["QUEUE_LABEL", "build_job", "build_plan_configmap"]
 
 Obj = dict[str, Any]
 
 JOB_CONTAINER = "optimize"
-PLAN_MOUNT = "/etc/kiln/plan"
-PLAN_FILE = "plan.json"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-# The store's S3 credentials reach the runner under this prefix, so that they never collide
-# with the model source's credentials (both are AWS_* keys).
-STORE_ENV_PREFIX = "KILN_STORE_"
 _GPU = "nvidia.com/gpu"
 _PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -78,12 +74,11 @@ def _workdir(plan: Plan) -> tuple[str, list[Obj], list[Obj]]:
 def _env(resource: ModelOptimization, plan: Plan) -> tuple[list[Obj], list[Obj]]:
     """(env, envFrom): settings by value, credentials by Secret reference only."""
     env: list[Obj] = [
-        {"name": "KILN_PVC_ROOT", "value": PVC_ROOT},
-        {"name": "HOME", "value": "/tmp"},
+        {"name": PVC_ROOT_ENV, "value": PVC_ROOT},
         {"name": "HF_HOME", "value": "/tmp/hf"},
         {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "KILN_PLAN_HASH", "value": plan.hash()},
+        {"name": PLAN_HASH_ENV, "value": plan.hash()},
     ]
     kernel_cache = _on_pvc_store(plan, ".cache")
     if kernel_cache is not None:
@@ -97,9 +92,7 @@ def _env(resource: ModelOptimization, plan: Plan) -> tuple[list[Obj], list[Obj]]
             model_secrets.append(ref.credentials_secret if ref else None)
     for secret in dict.fromkeys(s for s in model_secrets if s):
         env_from.append({"secretRef": {"name": secret}})
-    store_secret = resource.spec.artifacts.credentials_secret
-    if store_secret:
-        env_from.append({"prefix": STORE_ENV_PREFIX, "secretRef": {"name": store_secret}})
+    env_from += store_env_from(resource.spec.artifacts.credentials_secret)
     return env, env_from
 
 
@@ -176,46 +169,43 @@ def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -
     claims, claim_mounts = pvc_mounts(plan)
     env, env_from = _env(resource, plan)
     job_labels, pod_labels = _labels(resource, plan)
-    container: Obj = {
-        "name": JOB_CONTAINER,
-        "image": config.job_image,
-        "command": list(config.job_command),
-        "args": [
+    container = kiln_container(
+        JOB_CONTAINER,
+        image=config.job_image,
+        command=config.job_command,
+        args=[
             "run",
             "--plan",
             f"{PLAN_MOUNT}/{PLAN_FILE}",
             "--workdir",
             workdir,
             "--termination-log",
-            "/dev/termination-log",
+            TERMINATION_LOG,
         ],
-        "env": env,
-        "envFrom": env_from,
-        "resources": _resources(resource),
-        "volumeMounts": [
+        env=env,
+        env_from=env_from,
+        mounts=[
             {"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True},
             *scratch_mounts,
             *work_mounts,
             *claim_mounts,
         ],
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": container_security_context(),
-    }
-    pod_spec: Obj = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": pod_security_context(config.uid),
-        "containers": [container],
-        "volumes": [
+        resources=_resources(resource),
+        terminationMessagePath=TERMINATION_LOG,
+        terminationMessagePolicy="FallbackToLogsOnError",
+    )
+    pod_spec = restricted_pod(
+        config.uid,
+        [container],
+        [
             {"name": "plan", "configMap": {"name": plan_configmap_name(name, plan_hash)}},
             *scratch,
             *work_volumes,
             *claims,
         ],
+        restartPolicy="Never",
         **_scheduling(resource, config),
-    }
+    )
     if config.job_service_account:
         pod_spec["serviceAccountName"] = config.job_service_account
     job_spec: Obj = {

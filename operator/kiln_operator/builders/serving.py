@@ -8,24 +8,31 @@ from __future__ import annotations
 
 from typing import Any
 
+# MODEL_MOUNT: the published plan directory (manifest.json, checkpoint/, engine/, triton/)
+# inside the pod; the TensorRT-LLM repositories the job writes refer to files under it.
+from kiln_jobs.contract import (
+    GRPC_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    MODEL_MOUNT,
+    RUNTIMES,
+    TRITON_DIR,
+    Runtime,
+    runtime_for,
+    triton_argv,
+)
 from kiln_jobs.manifest import CheckpointInfo
 from kiln_jobs.plan import Plan
-
-# The published plan directory (manifest.json, checkpoint/, engine/, triton/) inside the pod;
-# the TensorRT-LLM repositories the job writes refer to files under it.
-from kiln_jobs.serving import MODEL_MOUNT
-from kiln_jobs.serving.repository import Runtime, triton_argv
 from kiln_operator.api import ModelOptimization
 from kiln_operator.builders.common import (
-    container_security_context,
-    pod_security_context,
+    kiln_container,
+    restricted_pod,
     scratch_volumes,
     split_store,
+    store_env_from,
 )
-from kiln_operator.builders.job import STORE_ENV_PREFIX
 from kiln_operator.config import OperatorConfig
 from kiln_operator.naming import (
-    HASH_LABEL,
     admin_secret_name,
     child_labels,
     deployment_name,
@@ -33,20 +40,7 @@ from kiln_operator.naming import (
     service_name,
 )
 
-__all__ = [
-    "ADMIN_KEY_ENV",
-    "MODEL_MOUNT",
-    "TRITON_CONTAINER",
-    "build_admin_secret",
-    "build_deployment",
-    "build_pdb",
-    "build_service",
-    "checkpoint_labels",
-    "endpoint_of",
-    "expected_runtime",
-    "serving_hash_of",
-    "triton_command",
-]
+__all__ = ["build_admin_secret", "build_deployment", "build_pdb", "build_service", "endpoint_of"]
 
 Obj = dict[str, Any]
 
@@ -57,7 +51,7 @@ _EXIT_TIMEOUT_SECONDS = 30
 _GPU = "nvidia.com/gpu"
 
 
-def checkpoint_labels(checkpoint: CheckpointInfo | None) -> dict[str, str]:
+def _checkpoint_labels(checkpoint: CheckpointInfo | None) -> dict[str, str]:
     """Labels that say what the served checkpoint is (label values: alphanumerics, -_.)."""
     if checkpoint is None:
         return {}
@@ -101,7 +95,7 @@ def _ports(resource: ModelOptimization) -> list[Obj]:
     http, grpc, metrics = (
         (service.http_port, service.grpc_port, service.metrics_port)
         if service
-        else (8000, 8001, 8002)
+        else (HTTP_PORT, GRPC_PORT, METRICS_PORT)
     )
     return [
         {"name": "http", "containerPort": http, "protocol": "TCP"},
@@ -129,7 +123,7 @@ def _hardening(resource: ModelOptimization, *, single_process: bool) -> list[str
     return flags
 
 
-def triton_command(
+def _triton_command(
     resource: ModelOptimization, plan: Plan, runtime: Runtime, config: OperatorConfig
 ) -> list[str]:
     """The container's whole command line for the runtime the job published (no shell)."""
@@ -137,19 +131,10 @@ def triton_command(
     world = plan.engine.tensor_parallel * plan.engine.pipeline_parallel
     single = runtime != "tensorrtllm-engine" or world == 1
     return triton_argv(
-        runtime, plan, repository=f"{MODEL_MOUNT}/triton", tritonserver=config.tritonserver,
+        runtime, world, repository=f"{MODEL_MOUNT}/{TRITON_DIR}", tritonserver=config.tritonserver,
         http_port=http, grpc_port=grpc, metrics_port=metrics,
         extra_args=_hardening(resource, single_process=single),
     )  # fmt: skip
-
-
-def expected_runtime(plan: Plan) -> Runtime:
-    """The runtime a plan publishes, when the job did not say (an older job's result)."""
-    if plan.engine.backend == "tensorrt-llm":
-        return "tensorrtllm-engine"
-    if plan.engine.backend == "pytorch" and not plan.engine.allow_fallback:
-        return "tensorrtllm-pytorch"
-    return "python"
 
 
 def _model_volume(
@@ -165,27 +150,17 @@ def _model_volume(
         }
         return [volume], [{**mount, "subPath": store.plan_path(plan_hash)}], []
     # s3: copy the published plan into the pod before Triton starts.
-    env_from = []
-    if resource.spec.artifacts.credentials_secret:
-        env_from.append(
-            {
-                "prefix": STORE_ENV_PREFIX,
-                "secretRef": {"name": resource.spec.artifacts.credentials_secret},
-            }
-        )
-    fetch = {
-        "name": "fetch-model",
-        "image": config.job_image,
-        "command": list(config.job_command),
-        "args": ["fetch", "--store", store_uri, "--plan-hash", plan_hash, "--dest", MODEL_MOUNT],
-        "envFrom": env_from,
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "volumeMounts": [
+    fetch = kiln_container(
+        "fetch-model",
+        image=config.job_image,
+        command=config.job_command,
+        args=["fetch", "--store", store_uri, "--plan-hash", plan_hash, "--dest", MODEL_MOUNT],
+        env_from=store_env_from(resource.spec.artifacts.credentials_secret),
+        mounts=[
             {"name": "model", "mountPath": MODEL_MOUNT},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "securityContext": container_security_context(),
-    }
+    )
     return [{"name": "model", "emptyDir": {}}], [mount], [fetch]
 
 
@@ -194,7 +169,7 @@ def _serving_resources(resource: ModelOptimization, runtime: Runtime) -> Obj:
     wanted = spec.serving.resources
     requests = dict(wanted.requests or {}) if wanted else {}
     limits = dict(wanted.limits or {}) if wanted else {}
-    if runtime != "python":
+    if RUNTIMES[runtime].gpu:
         gpus = str(spec.engine.tensor_parallel * spec.engine.pipeline_parallel)
         requests[_GPU] = limits[_GPU] = gpus
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
@@ -227,42 +202,39 @@ def build_deployment(
     spec = resource.spec
     plan_hash = plan.hash()
     store_uri = plan.output.store
-    runtime = runtime or expected_runtime(plan)
-    command = triton_command(resource, plan, runtime, config)
+    # A job result always names its runtime; an older record may not.
+    runtime = runtime or runtime_for(plan.engine.backend)
+    command = _triton_command(resource, plan, runtime, config)
     volumes, mounts, init_containers = _model_volume(resource, store_uri, plan_hash, config)
     scratch, scratch_mounts = scratch_volumes()
-    labels = {**child_labels(name, "serving", plan_hash), **checkpoint_labels(checkpoint)}
+    labels = {**child_labels(name, "serving", plan_hash), **_checkpoint_labels(checkpoint)}
     pod_labels = {**(spec.scheduling.pod_labels or {}), **labels}
-    container: Obj = {
-        "name": TRITON_CONTAINER,
-        "image": spec.serving.image or config.triton_image,
-        "command": command[:1],
-        "args": command[1:],
-        "ports": _ports(resource),
-        "env": [
+    container = kiln_container(
+        TRITON_CONTAINER,
+        image=spec.serving.image or config.triton_image,
+        command=command[:1],
+        args=command[1:],
+        env=[
             {
                 "name": ADMIN_KEY_ENV,
                 "valueFrom": {
                     "secretKeyRef": {"name": admin_secret_name(name), "key": "admin-key"}
                 },
             },
-            {"name": "HOME", "value": "/tmp"},
         ],
-        "resources": _serving_resources(resource, runtime),
-        "volumeMounts": [*mounts, *scratch_mounts],
-        "securityContext": container_security_context(),
+        mounts=[*mounts, *scratch_mounts],
+        resources=_serving_resources(resource, runtime),
+        ports=_ports(resource),
         **_probes(),
-    }
-    pod_spec: Obj = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": pod_security_context(config.uid),
-        "terminationGracePeriodSeconds": _EXIT_TIMEOUT_SECONDS + 30,
-        "initContainers": init_containers,
-        "containers": [container],
-        "volumes": [*volumes, *scratch],
-    }
-    if runtime != "python":
+    )
+    pod_spec = restricted_pod(
+        config.uid,
+        [container],
+        [*volumes, *scratch],
+        terminationGracePeriodSeconds=_EXIT_TIMEOUT_SECONDS + 30,
+        initContainers=init_containers,
+    )
+    if RUNTIMES[runtime].gpu:
         pod_spec["tolerations"] = [{"key": _GPU, "operator": "Exists", "effect": "NoSchedule"}]
         if spec.resources.gpu_product:
             pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": spec.resources.gpu_product}
@@ -345,10 +317,3 @@ def endpoint_of(resource: ModelOptimization) -> str:
     """In-cluster HTTP address of the Service."""
     port = _ports(resource)[0]["containerPort"]
     return f"http://{service_name(resource.metadata.name)}.{resource.metadata.namespace}.svc:{port}"
-
-
-def serving_hash_of(deployment: Obj | None) -> str | None:
-    """Short plan hash the Deployment's pods serve (from its labels)."""
-    if not deployment:
-        return None
-    return deployment.get("metadata", {}).get("labels", {}).get(HASH_LABEL)

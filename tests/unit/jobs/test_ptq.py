@@ -142,3 +142,16 @@ def test_family_of_capability() -> None:
     assert hardware.family_of_capability((8, 9)) == "ada"
     assert hardware.family_of_capability((9, 0)) == "hopper"
     assert hardware.family_of_capability((10, 3)) == "blackwell"
+
+
+def test_every_format_in_the_contract_names_a_model_optimizer_config() -> None:
+    import modelopt.torch.quantization as mtq
+
+    from kiln_jobs.contract import FORMATS, KV_CACHES
+
+    for name, spec in FORMATS.items():
+        config = ptq.build_config(PTQPlan(format=name, calibration=CALIBRATION))  # type: ignore[arg-type]
+        assert config["quant_cfg"], name
+        assert isinstance(getattr(mtq, spec.modelopt_config), dict), name
+    for spec in KV_CACHES.values():
+        assert spec.modelopt_config is None or hasattr(mtq, spec.modelopt_config)

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from kiln_operator.config import OperatorConfig
-from kiln_operator.retention import build_cleanup_job, plan_cleanup
+from kiln_operator.builders.cleanup import build_cleanup_job
+from kiln_operator.retention import plan_cleanup
 from tests.unit.operator.test_builders import assert_restricted
 
 pytestmark = pytest.mark.unit

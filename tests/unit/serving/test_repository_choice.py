@@ -9,9 +9,10 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from kiln_jobs.contract import triton_argv
 from kiln_jobs.errors import UserError
 from kiln_jobs.serving import repository
-from kiln_jobs.serving.repository import choose_runtime, triton_argv, write_repository
+from kiln_jobs.serving.repository import choose_runtime, write_repository
 from kiln_jobs.serving.triton_config import input_tensor, model_config, render_config
 from tests.unit.serving.plans import make_plan
 
@@ -71,7 +72,7 @@ def test_write_repository_needs_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_triton_argv_single_process() -> None:
-    argv = triton_argv("tensorrtllm-pytorch", make_plan(backend="pytorch"))
+    argv = triton_argv("tensorrtllm-pytorch", 1)
     assert argv == [
         "tritonserver",
         "--model-repository=/kiln/model/triton",
@@ -83,7 +84,7 @@ def test_triton_argv_single_process() -> None:
 
 
 def test_triton_argv_runs_one_rank_per_gpu_for_tp2_engines() -> None:
-    argv = triton_argv("tensorrtllm-engine", make_plan(tensor_parallel=2))
+    argv = triton_argv("tensorrtllm-engine", 2)
     assert argv[:2] == ["mpirun", "--allow-run-as-root"]
     ranks = " ".join(argv[2:]).split(" : ")
     assert len(ranks) == 2

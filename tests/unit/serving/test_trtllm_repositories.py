@@ -10,7 +10,7 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from kiln_jobs.serving import MODEL_MOUNT
+from kiln_jobs.contract import MODEL_MOUNT
 from kiln_jobs.serving.engine_repository import ENGINE_MODELS, write_engine_repository
 from kiln_jobs.serving.llmapi_repository import UPSTREAM_MODEL_ENV, write_llmapi_repository
 from tests.unit.serving.plans import make_plan
