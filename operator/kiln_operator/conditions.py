@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 __all__ = [
+    "CONDITIONS",
     "DEPLOYED",
     "OPTIMIZED",
     "READY",
@@ -27,6 +28,17 @@ STALLED = "Stalled"
 OPTIMIZED = "Optimized"
 DEPLOYED = "Deployed"
 SMOKE_TESTED = "SmokeTested"
+
+#: Every condition a ModelOptimization carries, in the order people read them, with what it
+#: means when True. kstatus and Argo CD read the first three; the rest are Kiln's stages.
+CONDITIONS: tuple[tuple[str, str], ...] = (
+    (READY, "the optimized model is published and, unless serving is off, served and answering"),
+    (RECONCILING, "Kiln is making progress towards Ready"),
+    (STALLED, "progress needs the user; the message says what to change"),
+    (OPTIMIZED, "the current plan's artifacts are published"),
+    (DEPLOYED, "Triton serves the current plan"),
+    (SMOKE_TESTED, "a real generation request to the served model succeeded"),
+)
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 # Kubernetes caps condition messages at 32768 bytes; keep them readable well below that.

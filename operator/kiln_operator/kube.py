@@ -33,7 +33,7 @@ from kiln_operator.naming import (
 from kiln_operator.reconcile import Decision, Event, Observed, Prepared
 from kiln_operator.store import find_published
 
-__all__ = ["FIELD_MANAGER", "KubeApi", "load_kube_config"]
+__all__ = ["KubeApi", "load_kube_config", "merge_patched", "namespace_terminating"]
 
 Obj = dict[str, Any]
 FIELD_MANAGER = "kiln-operator"
@@ -70,6 +70,20 @@ def namespace_terminating(error: ApiException) -> bool:
     except (ValueError, AttributeError):
         return False
     return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
+
+
+def merge_patched(target: Any, patch: Any) -> Any:
+    """`target` with a JSON merge patch (RFC 7386) applied: nulls delete, objects merge,
+    everything else (lists included) replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patched(result.get(key), value)
+    return result
 
 
 class KubeApi:
@@ -277,11 +291,9 @@ class KubeApi:
         return "Running"
 
     def patch_status(self, body: Obj, status: Obj) -> None:
-        """Merge-patch the status subresource when it changed."""
+        """Merge-patch the status subresource when the patch would change it."""
         previous = body.get("status") or {}
-        if all(previous.get(k) == v for k, v in status.items() if v is not None) and all(
-            k not in previous for k, v in status.items() if v is None
-        ):
+        if merge_patched(previous, status) == previous:
             return
         self.custom.patch_namespaced_custom_object_status(
             GROUP,

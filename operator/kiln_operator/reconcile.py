@@ -8,14 +8,23 @@ record in `status`), never in the operator's memory.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kiln_jobs.manifest import Attempt, CheckpointInfo, Metrics, Progress, StageResult
+from pydantic import ValidationError
+
+from kiln_jobs.manifest import Progress
 from kiln_jobs.plan import Plan
-from kiln_jobs.serving.repository import Runtime
-from kiln_operator.api import ModelOptimization
+from kiln_operator.api import ModelOptimization, ModelOptimizationStatus
+from kiln_operator.api.status import (
+    AttemptStatus,
+    CheckpointStatus,
+    Condition,
+    MetricsStatus,
+    Phase,
+    ProgressStatus,
+    StageStatus,
+)
 from kiln_operator.builders.job import build_job, build_plan_configmap
 from kiln_operator.builders.serving import (
     build_admin_secret,
@@ -26,6 +35,7 @@ from kiln_operator.builders.serving import (
 )
 from kiln_operator.compiler import CompileError, CompileOptions, compile_plan
 from kiln_operator.conditions import (
+    CONDITIONS,
     DEPLOYED,
     OPTIMIZED,
     READY,
@@ -37,8 +47,9 @@ from kiln_operator.conditions import (
     set_condition,
 )
 from kiln_operator.config import OperatorConfig
-from kiln_operator.jobstate import JobView, view_job
+from kiln_operator.jobstate import view_job
 from kiln_operator.naming import HASH_LABEL, job_name, service_name, short_hash
+from kiln_operator.published import Published
 from kiln_operator.validation import Problem, parse_resource
 
 __all__ = [
@@ -51,27 +62,10 @@ __all__ = [
     "SmokeResult",
     "decide",
     "decide_invalid",
-    "owner_reference",
     "prepare",
 ]
 
 Obj = dict[str, Any]
-_CAMEL_HUMP = re.compile(r"(?<!^)(?=[A-Z])")
-# Decimals kept in status: what a person compares, not float noise.
-_DIGITS = {"degradation_percent": 2, "perplexity": 3, "baseline_perplexity": 3}
-
-
-@dataclass(frozen=True)
-class Published:
-    """A plan whose artifacts are in the store."""
-
-    plan_hash: str
-    metrics: Metrics | None = None
-    checkpoint: CheckpointInfo | None = None
-    stages: tuple[StageResult, ...] = ()
-    attempts: tuple[Attempt, ...] = ()
-    manifest_digest: str | None = None
-    serving_runtime: Runtime | None = None
 
 
 @dataclass(frozen=True)
@@ -194,15 +188,37 @@ def _owned(obj: Obj, body: Obj) -> Obj:
     return obj
 
 
+def _parse_status(raw: Obj) -> ModelOptimizationStatus:
+    """The previous status; a field this version cannot read is treated as absent."""
+    try:
+        return ModelOptimizationStatus.model_validate(raw)
+    except ValidationError:
+        readable = {}
+        for key, value in raw.items():
+            try:
+                ModelOptimizationStatus.model_validate({key: value})
+            except ValidationError:
+                continue
+            readable[key] = value
+        return ModelOptimizationStatus.model_validate(readable)
+
+
 class _Status:
     """The status being built, with the previous one for transition times and events."""
 
     def __init__(self, body: Obj, now: str) -> None:
-        self.previous: Obj = body.get("status") or {}
+        raw: Obj = body.get("status") or {}
+        self.previous = _parse_status(raw)
+        self.previous_conditions: list[Obj] = list(raw.get("conditions") or [])
         self.generation: int | None = body["metadata"].get("generation")
         self.now = now
-        self.conditions: list[Obj] = list(self.previous.get("conditions") or [])
-        self.fields: Obj = {"observedGeneration": self.generation}
+        self.conditions: list[Obj] = list(self.previous_conditions)
+        # Every field left unset here is cleared by the patch; only what Triton serves carries
+        # over until a rollout replaces it.
+        self.new = ModelOptimizationStatus(
+            observed_generation=self.generation,
+            serving_plan_hash=self.previous.serving_plan_hash,
+        )
 
     def condition(self, kind: str, status: ConditionStatus, reason: str, message: str) -> None:
         self.conditions = set_condition(
@@ -215,54 +231,40 @@ class _Status:
             now=self.now,
         )
 
-    def working(self, phase: str, reason: str, message: str) -> None:
+    def working(self, phase: Phase, reason: str, message: str) -> None:
         """Progress is being made: Reconciling, not Ready, not Stalled."""
-        self.fields["phase"] = phase
+        self.new.phase = phase
         self.condition(RECONCILING, "True", reason, message)
         self.condition(STALLED, "False", reason, message)
         self.condition(READY, "False", reason, message)
 
-    def stalled(self, phase: str, reason: str, message: str) -> None:
+    def stalled(self, phase: Phase, reason: str, message: str) -> None:
         """Progress needs the user: Stalled, not Reconciling, not Ready."""
-        self.fields["phase"] = phase
+        self.new.phase = phase
         self.condition(STALLED, "True", reason, message)
         self.condition(RECONCILING, "False", reason, message)
         self.condition(READY, "False", reason, message)
 
     def ready(self, reason: str, message: str) -> None:
-        self.fields["phase"] = "Ready"
+        self.new.phase = "Ready"
         self.condition(READY, "True", reason, message)
         self.condition(RECONCILING, "False", reason, message)
         self.condition(STALLED, "False", reason, message)
 
     def build(self) -> Obj:
-        status = {**self.fields, "conditions": self.conditions}
-        # Merge patch: an explicit None removes a field left over from an earlier plan.
-        for key in (
-            "progress",
-            "stages",
-            "metrics",
-            "attempts",
-            "checkpoint",
-            "endpoint",
-            "jobName",
-            "planHash",
-            "techniques",
-            "artifacts",
-            "manifestDigest",
-            "servingRuntime",
-        ):
-            status.setdefault(key, None)
-        status.setdefault("servingPlanHash", self.previous.get("servingPlanHash"))
-        return status
+        """The status as a merge patch (clears whatever this reconcile did not set)."""
+        self.new.conditions = [Condition.model_validate(c) for c in self.conditions]
+        return self.new.merge_patch()
 
     def events(self) -> list[Event]:
         """Events for what changed since the previous status."""
         found: list[Event] = []
-        old_phase, new_phase = self.previous.get("phase"), self.fields.get("phase")
-        for kind in (STALLED, OPTIMIZED, DEPLOYED, SMOKE_TESTED, READY):
+        old_phase, new_phase = self.previous.phase, self.new.phase
+        # The stages first, then the summary; Reconciling says what the phase change says.
+        stages = [kind for kind, _ in CONDITIONS if kind not in (READY, RECONCILING)]
+        for kind in [*stages, READY]:
             new = find_condition(self.conditions, kind)
-            old = find_condition(self.previous.get("conditions") or [], kind)
+            old = find_condition(self.previous_conditions, kind)
             if new is None or (
                 old and (old["status"], old["reason"]) == (new["status"], new["reason"])
             ):
@@ -287,79 +289,28 @@ def decide_invalid(body: Obj, problems: list[Problem], now: str) -> Decision:
     return Decision(status=status.build(), events=status.events())
 
 
-def _published_from_job(view: JobView, plan_hash: str) -> Published:
-    result = view.result
-    if result is None or not result.ok:
-        return Published(plan_hash)
-    return Published(
-        plan_hash,
-        metrics=result.metrics,
-        checkpoint=result.checkpoint,
-        stages=tuple(result.stages),
-        attempts=tuple(result.attempts),
-        serving_runtime=result.serving_runtime,
-    )
-
-
-def _published_from_status(previous: Obj, plan_hash: str) -> Published | None:
+def _published_from_status(
+    previous: ModelOptimizationStatus, conditions: list[Obj], plan_hash: str
+) -> Published | None:
     """The record in status, when the Job that produced it is gone."""
-    optimized = find_condition(previous.get("conditions") or [], OPTIMIZED)
-    if previous.get("planHash") != plan_hash or not optimized or optimized["status"] != "True":
+    optimized = find_condition(conditions, OPTIMIZED)
+    if previous.plan_hash != plan_hash or not optimized or optimized["status"] != "True":
         return None
-    return Published(
-        plan_hash,
-        metrics=Metrics.model_validate(_snake(previous["metrics"]))
-        if previous.get("metrics")
-        else None,
-        checkpoint=CheckpointInfo.model_validate(_snake(previous["checkpoint"]))
-        if previous.get("checkpoint")
-        else None,
-        manifest_digest=previous.get("manifestDigest"),
-    )
-
-
-def _snake(obj: Obj) -> Obj:
-    """Status (camelCase) back to manifest models (snake_case), dropping derived fields."""
-    return {
-        _CAMEL_HUMP.sub("_", k).lower(): v
-        for k, v in obj.items()
-        if k not in ("compressionRatio", "speedup")
-    }
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
+    return Published.from_status(previous)
 
 
 def _record_published(status: _Status, published: Published) -> None:
+    new = status.new
     if published.metrics:
-        metrics = {
-            _camel(k): round(v, _DIGITS.get(k, 4)) if isinstance(v, float) else v
-            for k, v in published.metrics.model_dump(exclude_none=True).items()
-        }
-        base, size = metrics.get("baselineSizeBytes"), metrics.get("sizeBytes")
-        if base and size:
-            metrics["compressionRatio"] = round(base / size, 3)
-        status.fields["metrics"] = metrics
+        new.metrics = MetricsStatus.from_metrics(published.metrics)
     if published.checkpoint:
-        status.fields["checkpoint"] = {
-            _camel(k): v for k, v in published.checkpoint.model_dump(exclude_none=True).items()
-        }
+        new.checkpoint = CheckpointStatus.from_info(published.checkpoint)
     if published.stages:
-        status.fields["stages"] = [
-            {k: v for k, v in s.model_dump(exclude_none=True).items() if k != "metrics"}
-            for s in published.stages
-        ]
+        new.stages = [StageStatus.from_result(stage) for stage in published.stages]
     if published.attempts:
-        status.fields["attempts"] = [
-            {_camel(k): v for k, v in a.model_dump(exclude_none=True).items() if k != "seconds"}
-            for a in published.attempts
-        ]
-    if published.manifest_digest:
-        status.fields["manifestDigest"] = published.manifest_digest
-    if published.serving_runtime:
-        status.fields["servingRuntime"] = published.serving_runtime
+        new.attempts = [AttemptStatus.from_attempt(attempt) for attempt in published.attempts]
+    new.manifest_digest = published.manifest_digest
+    new.serving_runtime = published.serving_runtime
 
 
 def _job_in_progress(
@@ -389,17 +340,14 @@ def _job_in_progress(
             _owned(build_plan_configmap(resource, plan), body),
             _owned(build_job(resource, plan, config), body),
         ]
-        status.working("Pending", "JobCreated", f"created Job {status.fields['jobName']}")
+        status.working("Pending", "JobCreated", f"created Job {status.new.job_name}")
         return decision
     view = view_job(observed.job, observed.job_pods)
     if view.state == "Failed":
         status.condition(OPTIMIZED, "False", view.reason, view.message)
         status.stalled("Failed", view.reason, view.message)
         if view.result and view.result.stages:
-            status.fields["stages"] = [
-                {k: v for k, v in s.model_dump(exclude_none=True).items() if k != "metrics"}
-                for s in view.result.stages
-            ]
+            status.new.stages = [StageStatus.from_result(stage) for stage in view.result.stages]
         decision.requeue_after = None
         return decision
     if view.state == "Blocked":
@@ -413,12 +361,7 @@ def _job_in_progress(
         message = "optimizing"
         if progress:
             message = f"{progress.stage} {progress.percent:.0f}%: {progress.message or ''}"
-            overall = progress.overall if progress.overall is not None else progress.percent
-            status.fields["progress"] = {
-                "stage": progress.stage,
-                "percent": int(overall),
-                "message": progress.message or None,
-            }
+            status.new.progress = ProgressStatus.from_progress(progress)
         status.working("Optimizing", "JobRunning", message)
         return decision
     status.working("Pending", view.reason, view.message)
@@ -462,11 +405,6 @@ def _unschedulable(pods: list[Obj]) -> str | None:
     return None
 
 
-def _previous_runtime(previous: Obj) -> Runtime | None:
-    runtime = previous.get("servingRuntime")
-    return runtime if runtime in ("python", "tensorrtllm-pytorch", "tensorrtllm-engine") else None
-
-
 def _serve(
     status: _Status,
     prepared: Prepared,
@@ -483,7 +421,7 @@ def _serve(
     decision.apply.append(_owned(build_service(resource), body))
     deployment = build_deployment(
         resource, prepared.plan, checkpoint=published.checkpoint,
-        runtime=published.serving_runtime or _previous_runtime(status.previous), config=config,
+        runtime=published.serving_runtime or status.previous.serving_runtime, config=config,
     )  # fmt: skip
     decision.apply.append(_owned(deployment, body))
     pdb = build_pdb(resource)
@@ -509,14 +447,13 @@ def _serve(
         decision.requeue_after = config.poll_seconds
         return decision
     status.condition(DEPLOYED, "True", "RolledOut", message)
-    status.fields["endpoint"] = endpoint
+    status.new.endpoint = endpoint
     smoke = serving.smoke_test
     if smoke is not None and not smoke.enabled:
-        status.fields["servingPlanHash"] = plan_hash
+        status.new.serving_plan_hash = plan_hash
         status.ready("Deployed", f"serving at {endpoint} (smoke test disabled)")
         return decision
-    if status.previous.get("servingPlanHash") == plan_hash and observed.smoke is None:
-        status.fields["servingPlanHash"] = plan_hash
+    if status.previous.serving_plan_hash == plan_hash and observed.smoke is None:
         status.ready("SmokeTestPassed", f"serving at {endpoint}")
         return decision
     if observed.smoke is None or observed.smoke.plan_hash != plan_hash:
@@ -541,11 +478,11 @@ def _serve(
         decision.requeue_after = max(config.poll_seconds, 30.0)
         return decision
     status.condition(SMOKE_TESTED, "True", "SmokeTestPassed", observed.smoke.message)
-    status.fields["servingPlanHash"] = plan_hash
-    metrics = dict(status.fields.get("metrics") or {})
+    status.new.serving_plan_hash = plan_hash
     if observed.smoke.latency_ms is not None:
-        metrics["latencyMs"] = round(observed.smoke.latency_ms, 1)
-        status.fields["metrics"] = metrics
+        metrics = status.new.metrics or MetricsStatus()
+        metrics.latency_ms = round(observed.smoke.latency_ms, 1)
+        status.new.metrics = metrics
     status.ready("SmokeTestPassed", f"serving at {endpoint}")
     return decision
 
@@ -555,26 +492,25 @@ def decide(prepared: Prepared, observed: Observed, config: OperatorConfig, now: 
     body, plan = prepared.body, prepared.plan
     plan_hash = prepared.plan_hash
     status = _Status(body, now)
-    status.fields.update(
-        planHash=plan_hash,
-        techniques=plan.summary(),
-        jobName=observed.job["metadata"]["name"] if observed.job else None,
-    )
-    if status.fields["jobName"] is None and observed.published is None:
-        status.fields["jobName"] = job_name(prepared.resource.metadata.name, plan_hash)
+    new = status.new
+    new.plan_hash = plan_hash
+    new.techniques = plan.summary()
+    new.job_name = observed.job["metadata"]["name"] if observed.job else None
+    if new.job_name is None and observed.published is None:
+        new.job_name = job_name(prepared.resource.metadata.name, plan_hash)
     published = observed.published
     view = view_job(observed.job, observed.job_pods) if observed.job else None
     if published is None and view is not None and view.state == "Succeeded":
-        published = _published_from_job(view, plan_hash)
+        published = Published.from_result(plan_hash, view.result)
     if published is None:
-        published = _published_from_status(status.previous, plan_hash)
+        published = _published_from_status(status.previous, status.previous_conditions, plan_hash)
     if published is None:
         decision = _job_in_progress(status, prepared, observed, config)
     else:
         _record_published(status, published)
         reason = "CacheHit" if observed.job is None else "JobSucceeded"
         status.condition(OPTIMIZED, "True", reason, _optimized_message(published, plan_hash))
-        status.fields["progress"] = {"stage": "done", "percent": 100}
+        new.progress = ProgressStatus(stage="done", percent=100)
         if prepared.resource.spec.serving.enabled:
             decision = _serve(status, prepared, observed, config, published)
         else:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln_operator.conditions import CONDITIONS
+
 __all__ = ["progress_bar", "render_status"]
 
 Obj = dict[str, Any]
 _BAR_WIDTH = 30
-_CONDITIONS = ("Ready", "Reconciling", "Stalled", "Optimized", "Deployed", "SmokeTested")
 _STATE_MARK = {
     "Succeeded": "ok",
     "Failed": "FAILED",
@@ -79,7 +80,7 @@ def render_status(obj: Obj) -> str:
         detail = " ".join(str(p) for p in (progress.get("stage"), progress.get("message")) if p)
         lines.append(f"  progress     {progress_bar(progress.get('percent', 0))}  {detail}")
     conditions = {c["type"]: c for c in status.get("conditions") or []}
-    for kind in _CONDITIONS:
+    for kind, _ in CONDITIONS:
         if kind in conditions:
             c = conditions[kind]
             lines.append(

@@ -14,9 +14,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from kiln_jobs.manifest import MANIFEST_FILE, Manifest
-from kiln_operator.reconcile import Published
+from kiln_operator.published import Published
 
-__all__ = ["find_published", "local_plan_dir", "remove_published"]
+__all__ = ["find_published", "remove_published"]
 
 
 def local_plan_dir(
@@ -54,15 +54,7 @@ def find_published(
         return None
     if manifest.plan_hash != plan_hash:
         return None
-    return Published(
-        plan_hash,
-        metrics=manifest.metrics,
-        checkpoint=manifest.checkpoint,
-        stages=tuple(manifest.stages),
-        attempts=tuple(manifest.attempts),
-        manifest_digest=hashlib.sha256(raw).hexdigest(),
-        serving_runtime=manifest.serving_runtime,
-    )
+    return Published.from_manifest(manifest, hashlib.sha256(raw).hexdigest())
 
 
 def remove_published(

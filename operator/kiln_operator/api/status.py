@@ -1,12 +1,20 @@
-"""`ModelOptimization.status`: what happened, with measured numbers. Written only by Kiln."""
+"""`ModelOptimization.status`: what happened, with measured numbers. Written only by Kiln.
+
+The operator builds status as these models and writes `ModelOptimizationStatus.merge_patch()`;
+the `from_*` constructors turn what the job reported (`kiln_jobs.manifest`) into status, and
+`to_*` turn status back into the job's records when the Job is gone.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from kiln_jobs.contract import Runtime
+from kiln_jobs.manifest import Attempt, CheckpointInfo, Metrics, Progress, StageResult
 from kiln_operator.api.base import KilnModel
+from kiln_operator.conditions import CONDITIONS
 
 __all__ = [
     "ArtifactStatus",
@@ -21,13 +29,18 @@ __all__ = [
 ]
 
 Phase = Literal["Pending", "Queued", "Optimizing", "Deploying", "Ready", "Failed"]
+# Decimals kept in status: what a person compares, not float noise.
+_DIGITS = {"degradation_percent": 2, "perplexity": 3, "baseline_perplexity": 3}
+_DERIVED_METRICS = {"compression_ratio", "speedup"}
 
 
 class Condition(KilnModel):
     """A Kubernetes condition (metav1.Condition)."""
 
-    type: str = Field(max_length=316)
-    """Ready, Reconciling, Stalled, or a stage: Optimized, Evaluated, Published, Deployed."""
+    type: str = Field(
+        max_length=316,
+        description="; ".join(f"{kind}: {meaning}" for kind, meaning in CONDITIONS) + ".",
+    )
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: str = Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
@@ -50,6 +63,12 @@ class ProgressStatus(KilnModel):
     message: str | None = None
     """Latest progress line of the stage."""
 
+    @classmethod
+    def from_progress(cls, progress: Progress) -> ProgressStatus:
+        """The runner's latest progress line; percent is of the whole run when it says."""
+        overall = progress.overall if progress.overall is not None else progress.percent
+        return cls(stage=progress.stage, percent=int(overall), message=progress.message or None)
+
 
 class StageStatus(KilnModel):
     """One stage of the run."""
@@ -62,6 +81,11 @@ class StageStatus(KilnModel):
     """Wall time of the stage."""
     message: str | None = None
     """Result or reason."""
+
+    @classmethod
+    def from_result(cls, stage: StageResult) -> StageStatus:
+        """A stage as the runner recorded it (its detailed metrics stay in the manifest)."""
+        return cls.model_validate(stage.model_dump(exclude={"metrics"}))
 
 
 class MetricsStatus(KilnModel):
@@ -90,8 +114,26 @@ class MetricsStatus(KilnModel):
     """Mean tokens accepted per speculative-decoding step."""
     latency_ms: float | None = None
     """Median generation latency measured through Triton."""
+    tokens_per_second: float | None = None
+    """Output tokens per second measured through Triton."""
     speedup: float | None = None
     """Throughput relative to the original model, when measured."""
+
+    @classmethod
+    def from_metrics(cls, metrics: Metrics) -> MetricsStatus:
+        """What the job measured, rounded to what a person compares, plus derived ratios."""
+        values: dict[str, Any] = {
+            name: round(value, _DIGITS.get(name, 4)) if isinstance(value, float) else value
+            for name, value in metrics.model_dump(exclude_none=True).items()
+        }
+        base, size = metrics.baseline_size_bytes, metrics.size_bytes
+        if base and size:
+            values["compression_ratio"] = round(base / size, 3)
+        return cls.model_validate(values)
+
+    def to_metrics(self) -> Metrics:
+        """The job's record of the measurements (derived ratios dropped)."""
+        return Metrics.model_validate(self.model_dump(exclude=_DERIVED_METRICS))
 
 
 class AttemptStatus(KilnModel):
@@ -103,6 +145,11 @@ class AttemptStatus(KilnModel):
     """Its measured degradation."""
     passed: bool
     """Whether it passed the gate."""
+
+    @classmethod
+    def from_attempt(cls, attempt: Attempt) -> AttemptStatus:
+        """One escalation attempt as the runner recorded it."""
+        return cls.model_validate(attempt.model_dump(include=set(cls.model_fields)))
 
 
 class CheckpointStatus(KilnModel):
@@ -120,6 +167,15 @@ class CheckpointStatus(KilnModel):
     """sha256 of the calibration token ids."""
     tools: dict[str, str] | None = None
     """Versions of the tools that produced it."""
+
+    @classmethod
+    def from_info(cls, info: CheckpointInfo) -> CheckpointStatus:
+        """What the job says the checkpoint is."""
+        return cls.model_validate(info.model_dump(exclude_none=True))
+
+    def to_info(self) -> CheckpointInfo:
+        """The job's record of the checkpoint."""
+        return CheckpointInfo.model_validate(self.model_dump(exclude_none=True))
 
 
 class ArtifactStatus(KilnModel):
@@ -169,8 +225,27 @@ class ModelOptimizationStatus(KilnModel):
     """In-cluster address of Triton, e.g. http://name.namespace.svc:8000."""
     serving_plan_hash: str | None = None
     """Plan hash of the model Triton serves now (lags planHash during a rollout)."""
-    serving_runtime: Literal["python", "tensorrtllm-pytorch", "tensorrtllm-engine"] | None = None
+    serving_runtime: Runtime | None = None
     """How Triton serves the plan: TensorRT-LLM engines, TensorRT-LLM's LLM API (PyTorch), or
     the Python backend on PyTorch."""
 
     model_config = ConfigDict(extra="ignore")
+
+    def merge_patch(self) -> dict[str, Any]:
+        """The whole status as a JSON merge patch: every field is present, None (JSON null)
+        where unset, so a patch also removes what an earlier plan left behind. List items
+        carry no nulls (a merge patch replaces lists whole)."""
+        patch = self.model_dump(by_alias=True, mode="json")
+        return {key: _without_nulls_in_lists(value) for key, value in patch.items()}
+
+
+def _without_nulls_in_lists(value: Any, in_list: bool = False) -> Any:
+    if isinstance(value, list):
+        return [_without_nulls_in_lists(item, True) for item in value]
+    if isinstance(value, dict):
+        return {
+            k: _without_nulls_in_lists(v, in_list)
+            for k, v in value.items()
+            if not (in_list and v is None)
+        }
+    return value

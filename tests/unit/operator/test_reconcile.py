@@ -10,11 +10,11 @@ from kiln_jobs.manifest import CheckpointInfo, JobResult, Metrics, Progress
 from kiln_operator.conditions import find_condition
 from kiln_operator.config import OperatorConfig
 from kiln_operator.naming import HASH_LABEL, deployment_name, job_name, short_hash
+from kiln_operator.published import Published
 from kiln_operator.reconcile import (
     Decision,
     Observed,
     Prepared,
-    Published,
     SmokeResult,
     decide,
     decide_invalid,
