@@ -25,13 +25,7 @@ from modelopt.torch.export.model_utils import get_model_type
 from kiln_jobs.errors import UserError
 from kiln_jobs.plan import EnginePlan
 
-__all__ = [
-    "HF_QUANT_CONFIG",
-    "checkpoint_facts",
-    "export_hf",
-    "export_tensorrt_llm",
-    "model_dtype",
-]
+__all__ = ["checkpoint_facts", "export_hf", "export_tensorrt_llm"]
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,7 @@ from kiln_jobs.errors import UserError
 from kiln_jobs.manifest import Manifest
 from kiln_jobs.plan import Plan
 
-__all__ = [
-    "DEFAULT_PROMPT",
-    "SMOKE_TOKENS",
-    "LocalReport",
-    "ServeReport",
-    "format_report",
-    "run_local",
-    "serve_published",
-]
+__all__ = ["SMOKE_TOKENS", "LocalReport", "ServeReport", "run_local", "serve_published"]
 
 DEFAULT_PROMPT = "The GNU General Public License is"
 # Enough tokens for a sentence, few enough for a CPU to answer in seconds.

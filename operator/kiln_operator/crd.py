@@ -26,7 +26,7 @@ from kiln_operator.api import (
     ModelOptimizationStatus,
 )
 
-__all__ = ["PRINTER_COLUMNS", "crd", "crd_yaml", "structural_schema"]
+__all__ = ["crd", "crd_yaml"]
 
 Schema = dict[str, Any]
 

@@ -6,16 +6,7 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-__all__ = [
-    "JOBS",
-    "PHASES",
-    "PHASE_SECONDS",
-    "RECONCILES",
-    "RECONCILE_ERRORS",
-    "RECONCILE_SECONDS",
-    "PhaseClock",
-    "serve_metrics",
-]
+__all__ = ["RECONCILES", "RECONCILE_ERRORS", "RECONCILE_SECONDS", "PhaseClock", "serve_metrics"]
 
 RECONCILES = Counter("kiln_reconciles_total", "Reconciles by outcome", ["outcome"])
 RECONCILE_ERRORS = Counter("kiln_reconcile_errors_total", "Reconciles that raised", ["error"])

@@ -11,8 +11,6 @@ import hashlib
 __all__ = [
     "COMPONENT_LABEL",
     "HASH_LABEL",
-    "INSTANCE_LABEL",
-    "MANAGED_BY",
     "OWNER_LABEL",
     "admin_secret_name",
     "child_labels",

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from kiln_operator.api import API_VERSION, KIND, ModelOptimization
 
-__all__ = ["Problem", "field_path", "parse_resource", "problems_of"]
+__all__ = ["Problem", "field_path", "parse_resource"]
 
 # A validator may prefix its message with a path relative to where it ran.
 _SEGMENT = r"[a-z][A-Za-z0-9]*(?:\[\d+\])*"

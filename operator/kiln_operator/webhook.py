@@ -26,7 +26,7 @@ from kiln_operator.hardware import (
 from kiln_operator.kube import KubeApi
 from kiln_operator.reconcile import Prepared, prepare
 
-__all__ = ["admission_problems", "configure_webhook", "register_webhook"]
+__all__ = ["configure_webhook", "register_webhook"]
 
 log = logging.getLogger("kiln.webhook")
 WEBHOOK_ID = "validate.modeloptimizations.kiln.dev"

@@ -36,7 +36,6 @@ from torch import nn
 from kiln_jobs.errors import UserError
 
 __all__ = [
-    "FP8_MAX",
     "SUPPORTED_KV_CACHE_ALGOS",
     "SUPPORTED_QUANT_ALGOS",
     "QuantSpec",

@@ -16,7 +16,7 @@ import numpy as np
 
 from kiln_jobs.errors import KilnJobError
 
-__all__ = ["GenerationReply", "InferenceFailed", "Protocol", "generate", "wait_model_ready"]
+__all__ = ["GenerationReply", "InferenceFailed", "Protocol", "generate"]
 
 Protocol = Literal["http", "grpc"]
 
@@ -136,19 +136,3 @@ def generate(
         model=model,
         output_tokens=None if counts is None else int(counts.reshape(-1)[0]),
     )
-
-
-def wait_model_ready(url: str, model: str, *, timeout: float = 60.0) -> None:
-    """Wait until `model` reports ready over HTTP (the server may be up before its models)."""
-    import tritonclient.http as http
-
-    client = http.InferenceServerClient(url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if client.is_model_ready(model):
-                return
-        except Exception:  # connection refused while starting: retry until the deadline
-            pass
-        time.sleep(0.5)
-    raise InferenceFailed(f"model {model!r} at {url} was not ready after {timeout:.0f}s")

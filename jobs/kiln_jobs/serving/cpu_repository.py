@@ -26,7 +26,7 @@ from kiln_jobs.serving.triton_config import (
     write_config,
 )
 
-__all__ = ["cpu_model_config", "request_inputs", "response_outputs", "write_cpu_repository"]
+__all__ = ["request_inputs", "write_cpu_repository"]
 
 # The dynamic batcher waits this long for company; generation takes far longer.
 _QUEUE_DELAY_US = 1000

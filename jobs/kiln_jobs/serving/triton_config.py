@@ -13,7 +13,6 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 __all__ = [
-    "CONFIG_FILE",
     "bool_param",
     "input_tensor",
     "model_config",

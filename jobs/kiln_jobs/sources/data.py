@@ -36,10 +36,7 @@ from kiln_jobs.sources import hub, s3
 from kiln_jobs.sources.uri import local_path, parse_uri
 
 __all__ = [
-    "BUILTIN_LICENSES",
     "EVAL_ROLE",
-    "LICENSES_DIR",
-    "ROLES",
     "blocks_digest",
     "builtin_files",
     "read_documents",

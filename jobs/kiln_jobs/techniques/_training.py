@@ -24,13 +24,7 @@ import torch
 from kiln_jobs.plan import TrainingPlan
 from kiln_jobs.techniques.context import ProgressReporter
 
-__all__ = [
-    "CHECKPOINT_FILE",
-    "TrainingResult",
-    "batch_at",
-    "learning_rate_at",
-    "train_resumably",
-]
+__all__ = ["CHECKPOINT_FILE", "TrainingResult", "train_resumably"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 _MAX_GRAD_NORM = 1.0

