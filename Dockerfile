@@ -32,7 +32,8 @@ CMD ["operator", "--json-logs"]
 
 # ---------------------------------------------------------------------------------------------
 # job: the optimization runner on the TensorRT-LLM release image. The same image serves the
-# model (tritonserver, TensorRT-LLM and Python backends are all in the base).
+# model (tritonserver, TensorRT-LLM and Python backends are all in the base), with Kiln's own
+# models installed as the `kiln` Python-based backend: published repositories hold no code.
 FROM ${TRTLLM_IMAGE} AS job
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PYTHONUNBUFFERED=1 \
@@ -48,6 +49,8 @@ COPY jobs/ jobs/
 # hadolint ignore=DL3013
 RUN pip freeze | grep -iE '^(torch|transformers|tensorrt[-_]llm|numpy)==' > /tmp/base-constraints.txt \
     && pip install --no-compile --constraint /tmp/base-constraints.txt ".[jobs]" \
+    && mkdir -p /opt/tritonserver/backends/kiln \
+    && cp jobs/kiln_jobs/serving/triton_backend/model.py /opt/tritonserver/backends/kiln/model.py \
     && rm -rf operator jobs /tmp/base-constraints.txt
 # The image runs as the UID Kiln's pod security context sets (1000); it owns nothing here.
 USER 1000:1000

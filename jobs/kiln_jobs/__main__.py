@@ -5,6 +5,7 @@
     python -m kiln_jobs plan-hash --plan plan.json
     python -m kiln_jobs fetch --store URI --plan-hash H --dest DIR   (Triton's init container)
     python -m kiln_jobs delete --store URI --plan-hash H             (retention: delete)
+    python -m kiln_jobs openai --triton HOST:PORT --model NAME --tokenizer DIR  (beside Triton)
 
 Exit codes are `kiln_jobs.errors.ExitCode`: 0 on success, a distinct code per user-facing failure
 (one line on stderr, no traceback), 1 with a traceback for anything else (a bug). The termination
@@ -33,7 +34,11 @@ log = logging.getLogger("kiln_jobs")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run it, and return the process exit code."""
-    args = _parser().parse_args(argv)
+    args, rest = _parser().parse_known_args(argv)
+    if args.command == "openai":
+        args.openai_args = rest
+    elif rest:
+        _parser().error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -47,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fetch(args)
         if args.command == "delete":
             return _delete(args)
+        if args.command == "openai":
+            from kiln_jobs.serving.openai_api import main as openai_main
+
+            return openai_main(args.openai_args)
         return _run(args)
     except KilnJobError as err:
         print(f"kiln: {err.reason}: {err.message}", file=sys.stderr)
@@ -73,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     delete = commands.add_parser("delete", help="unpublish a plan and delete its artifacts")
     delete.add_argument("--store", required=True, help="the artifact store URI")
     delete.add_argument("--plan-hash", required=True, help="which published plan")
+    # Its own options are parsed by kiln_jobs.serving.openai_api.
+    commands.add_parser(
+        "openai", help="an OpenAI-compatible endpoint in front of Triton", add_help=False
+    )
     return parser
 
 

@@ -1,10 +1,11 @@
 """`kiln run`: the whole flow on one machine, no cluster.
 
 `run_local` runs the Plan with the job runner (the same code as the Kubernetes Job), serves the
-published Triton repository with the `tritonserver` from the `nvidia-pytriton` wheel, sends a
-smoke prompt over HTTP and gRPC, checks the served continuation against the checkpoint's own, and
-prints a short plain-text report. Every failure a user can act on is a `KilnJobError` with a
-one-line message; the CLI prints it and exits with its code.
+published Triton repository with the `tritonserver` from the `nvidia-pytriton` wheel and the
+OpenAI-compatible endpoint beside it, sends a smoke prompt over HTTP, gRPC and as a stream, checks
+the served continuation against the checkpoint's own, and prints a short plain-text report.
+Every failure a user can act on is a `KilnJobError` with a one-line message; the CLI prints it
+and exits with its code.
 """
 
 from __future__ import annotations
@@ -37,12 +38,15 @@ class ServeReport:
     http_url: str = ""
     grpc_url: str = ""
     metrics_url: str = ""
+    openai_url: str = ""
     ready_seconds: float = 0.0
     prompt: str = ""
     text: str = ""
     http_seconds: float = 0.0
     grpc_seconds: float = 0.0
     output_tokens: int | None = None
+    # Responses a streamed request arrived in.
+    stream_chunks: int = 0
     protocols_agree: bool = False
     # None when not checked (the runtime is not Kiln's CPU runtime).
     matches_checkpoint: bool | None = None
@@ -78,12 +82,12 @@ def _checkpoint_continuation(publish_dir: Path, manifest: Manifest, prompt: str)
 
 
 def _serve_problem(runtime: str) -> str | None:
-    from kiln_jobs.serving.engine import unavailable_reason
+    from kiln_jobs.serving.engine import llm_api_unavailable
 
     if runtime == "tensorrtllm-engine":
         return "the local tritonserver has no TensorRT-LLM backend; serve engines in the cluster"
     if runtime == "tensorrtllm-pytorch":
-        return unavailable_reason()
+        return llm_api_unavailable()
     return None
 
 
@@ -112,7 +116,7 @@ def serve_published(
         KilnJobError: The runtime cannot be served here, Triton failed, or a request failed.
     """
     from kiln_jobs.serving.client import generate
-    from kiln_jobs.serving.repository import served_model
+    from kiln_jobs.serving.openai_api import OpenAIServer
     from kiln_jobs.serving.tritonserver import TritonServer
 
     runtime = manifest.serving_runtime or "python"
@@ -121,7 +125,7 @@ def serve_published(
         raise UserError(f"serve: runtime {runtime}: {problem}")
     if manifest.triton_repository is None:
         raise UserError("serve: the manifest names no Triton repository")
-    model = served_model(runtime, manifest.plan)
+    model = manifest.plan.serving.model_name
     report = ServeReport(runtime=runtime, model=model, prompt=prompt)
     server = TritonServer(publish_dir / manifest.triton_repository, log_path=log_path)
     with server:
@@ -130,27 +134,33 @@ def serve_published(
         report.ready_seconds = server.ready_seconds or 0.0
         http = generate(server.http_url, model, prompt, max_tokens=SMOKE_TOKENS)
         grpc = generate(server.grpc_url, model, prompt, max_tokens=SMOKE_TOKENS, protocol="grpc")
+        streamed = generate(server.http_url, model, prompt, max_tokens=SMOKE_TOKENS, streaming=True)
         report.text, report.output_tokens = http.text, http.output_tokens
         report.http_seconds, report.grpc_seconds = http.seconds, grpc.seconds
-        report.protocols_agree = http.text == grpc.text
+        report.stream_chunks = len(streamed.chunks)
+        report.protocols_agree = http.text == grpc.text == streamed.text
         if runtime == "python":
             reference = _checkpoint_continuation(publish_dir, manifest, prompt)
             report.matches_checkpoint = reference == report.text
-        if on_ready is not None:
-            on_ready(report)
-        if keep_serving:
-            _serve_until_interrupted(server, out)
+        openai = OpenAIServer(
+            server.http_url, model, publish_dir / manifest.checkpoint_dir, port=0
+        ).start()
+        try:
+            report.openai_url = openai.url
+            if on_ready is not None:
+                on_ready(report)
+            if keep_serving:
+                _serve_until_interrupted(server, report, out)
+        finally:
+            openai.stop()
     report.stopped = server.pid is None
     return report
 
 
-def _serve_until_interrupted(server: object, out: TextIO) -> None:
-    http_url = getattr(server, "http_url", "")
-    print(
-        f"serving on http://{http_url} (gRPC {getattr(server, 'grpc_url', '')}); Ctrl-C to stop",
-        file=out,
-        flush=True,
-    )
+def _serve_until_interrupted(server: object, report: ServeReport, out: TextIO) -> None:
+    print(f"triton: http://{report.http_url} (gRPC {report.grpc_url})", file=out, flush=True)
+    print(f"openai: {report.openai_url}", file=out, flush=True)
+    print(f"serving model '{report.model}'; Ctrl-C to stop", file=out, flush=True)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while getattr(server, "pid", None) is not None:
@@ -257,11 +267,13 @@ def _serve_lines(serve: ServeReport) -> list[str]:
     return [
         f"  runtime      {serve.runtime} (model '{serve.model}')",
         f"  endpoints    http {serve.http_url}  grpc {serve.grpc_url}  metrics {serve.metrics_url}",
+        f"  openai       {serve.openai_url or 'not started'}",
         f"  ready in     {serve.ready_seconds:.1f}s (server start + model load)",
         f"  prompt       {serve.prompt!r}",
         f"  generated    {serve.text!r}",
         f"  latency      http {serve.http_seconds:.2f}s ({tokens or '?'} tokens{rate}), "
-        f"grpc {serve.grpc_seconds:.2f}s; same text: {'yes' if serve.protocols_agree else 'NO'}",
+        f"grpc {serve.grpc_seconds:.2f}s, stream {serve.stream_chunks} chunks; "
+        f"same text: {'yes' if serve.protocols_agree else 'NO'}",
         f"  checkpoint   served text equals the checkpoint's greedy continuation: {check}",
     ]
 
@@ -278,6 +290,13 @@ def format_report(report: LocalReport) -> str:
         f"  size         {_size(metrics.baseline_size_bytes)} -> {_size(metrics.size_bytes)}",
         f"  stages       {_stage_line(manifest)}",
     ]
+    if manifest.speculation is not None:
+        draft = manifest.speculation
+        served = "served" if draft.served else f"not served: {draft.reason}"
+        lines.append(
+            f"  draft        {draft.algorithm} in {draft.draft_dir}/, {draft.max_draft_len} "
+            f"tokens per step, {served}"
+        )
     if report.serve is not None:
         lines += _serve_lines(report.serve)
     elif report.skipped_serving:

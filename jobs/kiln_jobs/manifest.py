@@ -18,11 +18,13 @@ __all__ = [
     "MANIFEST_FILE",
     "Attempt",
     "CheckpointInfo",
+    "EngineBuild",
     "FileDigest",
     "JobResult",
     "Manifest",
     "Metrics",
     "Progress",
+    "Speculation",
     "StageResult",
 ]
 
@@ -74,6 +76,29 @@ class CheckpointInfo(_Model):
     tools: dict[str, str] = Field(default_factory=dict)
 
 
+class EngineBuild(_Model):
+    """How TensorRT-LLM engines were built (the legacy engine runtime), and what they are tied
+    to: an engine runs only on the GPU model and with the TensorRT-LLM version that built it."""
+
+    gpu: str
+    tensorrt_llm_version: str
+    method: str  # "trtllm-build" or "python-api"
+    command: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Speculation(_Model):
+    """The draft a plan publishes, and whether the runtime that serves the plan uses it."""
+
+    algorithm: str
+    draft_dir: str  # relative to the plan-hash directory
+    max_draft_len: int
+    served: bool
+    # Why the runtime serves the model without its draft.
+    reason: str | None = None
+
+
 class StageResult(_Model):
     """How one stage went."""
 
@@ -109,7 +134,9 @@ class Manifest(_Model):
     checkpoint_dir: str = "checkpoint"
     triton_repository: str | None = "triton"
     engine_dir: str | None = None
+    engine_build: EngineBuild | None = None
     serving_runtime: Runtime | None = None
+    speculation: Speculation | None = None
     files: list[FileDigest]
 
 
@@ -139,6 +166,7 @@ class JobResult(_Model):
     attempts: list[Attempt] = Field(default_factory=list)
     # How the published plan is served, so the operator starts Triton the right way.
     serving_runtime: Runtime | None = None
+    speculation: Speculation | None = None
 
     def to_termination_message(self) -> str:
         """Compact JSON under Kubernetes' limit; stage details, then attempts, are dropped first

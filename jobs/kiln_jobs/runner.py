@@ -54,6 +54,7 @@ from kiln_jobs.export import export_hf, export_tensorrt_llm
 from kiln_jobs.manifest import (
     Attempt,
     CheckpointInfo,
+    EngineBuild,
     JobResult,
     Manifest,
     Metrics,
@@ -98,6 +99,7 @@ class RunResult:
             stages=self.manifest.stages,
             attempts=self.manifest.attempts,
             serving_runtime=self.manifest.serving_runtime,
+            speculation=self.manifest.speculation,
         )
 
 
@@ -364,7 +366,7 @@ class Run:
                 self.plan, staging / CHECKPOINT_DIR, staging / ENGINE_DIR, progress
             )
         with self._stage("repository"):
-            runtime = repository.write_repository(self.plan, staging)
+            served = repository.write_repository(self.plan, staging)
 
         with self._stage("publish") as progress:
             manifest = Manifest(
@@ -378,7 +380,9 @@ class Run:
                 checkpoint_dir=CHECKPOINT_DIR,
                 triton_repository=TRITON_DIR,
                 engine_dir=ENGINE_DIR if built is not None else None,
-                serving_runtime=runtime,
+                engine_build=EngineBuild.model_validate(built.record()) if built else None,
+                serving_runtime=served.runtime,
+                speculation=served.speculation,
                 files=digest_files(staging),
             )
             # The manifest records the publish stage as done: writing it is what completes it.
@@ -442,10 +446,7 @@ class Run:
             return
         reason = engine.unavailable_reason()
         if reason is not None:
-            raise UnsupportedHardware(
-                f"engine: {reason}; run this Plan in Kiln's GPU job image, or set "
-                "engine.allowFallback to serve on CPU with the Python backend"
-            )
+            raise UnsupportedHardware(f"engine.backend tensorrt-llm: {reason}")
 
     def _token_blocks(self, tokenizer: Any, ref: DataRef, role: str) -> torch.Tensor:
         """Token blocks, tokenized once per run (escalation asks for the same data again)."""

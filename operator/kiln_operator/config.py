@@ -45,6 +45,10 @@ class OperatorConfig(BaseModel):
     the resource's own spec.scheduling.nodeSelector."""
     job_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     """Tolerations added to every optimization Job (e.g. for that pool's taint)."""
+    serving_node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels every Triton pod must match (e.g. a dedicated serving pool)."""
+    serving_tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    """Tolerations added to every Triton pod (e.g. for that pool's taint)."""
     job_service_account: str | None = None
     """ServiceAccount of optimization Jobs (its token is never mounted)."""
     engine_fallback: bool = False
@@ -86,7 +90,12 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
             continue
         if name in _LIST_FIELDS:
             values[name] = [item for item in raw.replace(",", " ").split() if item]
-        elif name in ("job_node_selector", "job_tolerations"):
+        elif name in (
+            "job_node_selector",
+            "job_tolerations",
+            "serving_node_selector",
+            "serving_tolerations",
+        ):
             values[name] = json.loads(raw)
         elif name == "store_mounts":
             pairs = (item.split("=", 1) for item in raw.split(",") if "=" in item)

@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln_jobs.contract import Runtime
-from kiln_jobs.manifest import Attempt, CheckpointInfo, JobResult, Manifest, Metrics, StageResult
+from kiln_jobs.manifest import (
+    Attempt,
+    CheckpointInfo,
+    JobResult,
+    Manifest,
+    Metrics,
+    Speculation,
+    StageResult,
+)
 from kiln_operator.api.status import ModelOptimizationStatus
 
 __all__ = ["Published"]
@@ -27,12 +35,14 @@ class Published:
     attempts: tuple[Attempt, ...] = ()
     manifest_digest: str | None = None
     serving_runtime: Runtime | None = None
+    speculation: Speculation | None = None
 
     @classmethod
-    def from_result(cls, plan_hash: str, result: JobResult | None) -> Published:
-        """What a succeeded Job reported in its termination message."""
-        if result is None or not result.ok:
-            return cls(plan_hash)
+    def from_result(cls, plan_hash: str, result: JobResult | None) -> Published | None:
+        """What a succeeded Job reported in its termination message; None when it left no
+        readable result (a Job's exit code alone does not say that anything was published)."""
+        if result is None or not result.ok or result.plan_hash != plan_hash:
+            return None
         return cls(
             plan_hash,
             metrics=result.metrics,
@@ -40,6 +50,7 @@ class Published:
             stages=tuple(result.stages),
             attempts=tuple(result.attempts),
             serving_runtime=result.serving_runtime,
+            speculation=result.speculation,
         )
 
     @classmethod
@@ -53,6 +64,7 @@ class Published:
             attempts=tuple(manifest.attempts),
             manifest_digest=digest,
             serving_runtime=manifest.serving_runtime,
+            speculation=manifest.speculation,
         )
 
     @classmethod
@@ -66,4 +78,5 @@ class Published:
             checkpoint=status.checkpoint.to_info() if status.checkpoint else None,
             manifest_digest=status.manifest_digest,
             serving_runtime=status.serving_runtime,
+            speculation=status.speculation.to_record() if status.speculation else None,
         )

@@ -23,6 +23,7 @@ from kiln_operator.api.status import (
     MetricsStatus,
     Phase,
     ProgressStatus,
+    SpeculationStatus,
     StageStatus,
 )
 from kiln_operator.builders.job import build_job, build_plan_configmap
@@ -31,7 +32,7 @@ from kiln_operator.builders.serving import (
     build_deployment,
     build_pdb,
     build_service,
-    endpoint_of,
+    endpoints_of,
 )
 from kiln_operator.compiler import CompileError, CompileOptions, compile_plan
 from kiln_operator.conditions import (
@@ -311,6 +312,8 @@ def _record_published(status: _Status, published: Published) -> None:
         new.attempts = [AttemptStatus.from_attempt(attempt) for attempt in published.attempts]
     new.manifest_digest = published.manifest_digest
     new.serving_runtime = published.serving_runtime
+    if published.speculation:
+        new.speculation = SpeculationStatus.from_record(published.speculation)
 
 
 def _job_in_progress(
@@ -349,6 +352,17 @@ def _job_in_progress(
         if view.result and view.result.stages:
             status.new.stages = [StageStatus.from_result(stage) for stage in view.result.stages]
         decision.requeue_after = None
+        return decision
+    if view.state == "Succeeded":
+        # The exit code alone does not say that anything was published.
+        name = observed.job["metadata"]["name"]
+        message = (
+            f"Job {name} succeeded but left no readable result, and the store shows no manifest "
+            f"of plan {short_hash(prepared.plan_hash)}: nothing was published, so nothing is "
+            f"served; see `kubectl logs job/{name}`"
+        )
+        status.condition(OPTIMIZED, "False", "ResultMissing", message)
+        status.stalled("Failed", "ResultMissing", message)
         return decision
     if view.state == "Blocked":
         status.stalled("Pending", view.reason, view.message)
@@ -429,7 +443,8 @@ def _serve(
         decision.apply.append(_owned(pdb, body))
     else:
         decision.delete.append(("PodDisruptionBudget", service_name(resource.metadata.name)))
-    endpoint = endpoint_of(resource)
+    endpoints = endpoints_of(resource)
+    endpoint = endpoints.http
     if serving.replicas == 0:
         status.condition(DEPLOYED, "True", "ScaledToZero", "serving is scaled to 0 replicas")
         status.ready("ScaledToZero", "published; serving is scaled to 0 replicas")
@@ -448,6 +463,7 @@ def _serve(
         return decision
     status.condition(DEPLOYED, "True", "RolledOut", message)
     status.new.endpoint = endpoint
+    status.new.endpoints = endpoints
     smoke = serving.smoke_test
     if smoke is not None and not smoke.enabled:
         status.new.serving_plan_hash = plan_hash

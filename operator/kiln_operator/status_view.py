@@ -109,6 +109,21 @@ def render_status(obj: Obj) -> str:
     if checkpoint.get("quantAlgo"):
         kv = checkpoint.get("kvCacheQuantAlgo") or "none"
         lines.append(f"  checkpoint   {checkpoint['quantAlgo']}, KV cache {kv}")
-    if status.get("endpoint"):
+    speculation = status.get("speculation") or {}
+    if speculation:
+        served = (
+            "served" if speculation.get("served") else f"not served: {speculation.get('reason')}"
+        )
+        lines.append(
+            f"  draft        {speculation.get('algorithm')}, {speculation.get('maxDraftLen')} "
+            f"tokens per step, {served}"
+        )
+    endpoints = status.get("endpoints") or {}
+    if endpoints:
+        lines.append(f"  model        {endpoints.get('model')}")
+        lines.append(f"  triton       {endpoints.get('http')} (gRPC {endpoints.get('grpc')})")
+        if endpoints.get("openai"):
+            lines.append(f"  openai       {endpoints['openai']}")
+    elif status.get("endpoint"):
         lines.append(f"  endpoint     {status['endpoint']}")
     return "\n".join(lines)

@@ -37,3 +37,12 @@ def test_operator_image_installs_no_ml_stack() -> None:
 def test_job_image_entry_point_is_the_runner_module() -> None:
     assert 'ENTRYPOINT ["python", "-m", "kiln_jobs"]' in DOCKERFILE
     assert (ROOT / "jobs" / "kiln_jobs" / "__main__.py").exists()
+
+
+def test_job_image_installs_the_kiln_triton_backend() -> None:
+    from kiln_jobs.contract import KILN_BACKEND
+    from kiln_jobs.serving.triton_backend import backend_model_file
+
+    job = DOCKERFILE.split("AS job", 1)[1]
+    source = backend_model_file().relative_to(ROOT).as_posix()
+    assert f"cp {source} /opt/tritonserver/backends/{KILN_BACKEND}/model.py" in job

@@ -44,6 +44,8 @@ __all__ = [
     "EngineResult",
     "build_engine",
     "engine_files",
+    "has_engine_builder",
+    "llm_api_unavailable",
     "max_num_tokens",
     "trtllm_build_argv",
     "unavailable_reason",
@@ -122,8 +124,8 @@ def trtllm_build_argv(
     ]  # fmt: skip
 
 
-def unavailable_reason() -> str | None:
-    """Why TensorRT-LLM engines cannot be built here, or None when they can."""
+def llm_api_unavailable() -> str | None:
+    """Why TensorRT-LLM's LLM API cannot serve here, or None when it can."""
     if importlib.util.find_spec("tensorrt_llm") is None:
         return (
             "TensorRT-LLM is not installed (it has no wheel for this platform or Python; it runs "
@@ -132,7 +134,33 @@ def unavailable_reason() -> str | None:
     from kiln_jobs import hardware
 
     if not hardware.detect().is_cuda:
-        return "TensorRT-LLM engines need an NVIDIA GPU and this machine has no CUDA device"
+        return "TensorRT-LLM needs an NVIDIA GPU and this machine has no CUDA device"
+    return None
+
+
+def has_engine_builder() -> bool:
+    """Whether this TensorRT-LLM still builds TensorRT engines (`trtllm-build`, or the
+    TensorRT-flavour LLM API), which TensorRT-LLM removed upstream in July 2026."""
+    if shutil.which("trtllm-build") is not None:
+        return True
+    try:
+        return importlib.util.find_spec("tensorrt_llm._tensorrt_engine") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def unavailable_reason() -> str | None:
+    """Why TensorRT-LLM engines cannot be built here, or None when they can."""
+    reason = llm_api_unavailable()
+    if reason is not None:
+        return reason
+    if not has_engine_builder():
+        return (
+            f"this TensorRT-LLM ({_tensorrt_llm_version()}) has no engine builder: TensorRT-LLM "
+            "removed its TensorRT engine backend in July 2026 (trtllm-build is gone); use "
+            "engine.backend: pytorch, which serves the checkpoint through the LLM API without "
+            "an engine, or a job image whose TensorRT-LLM still has trtllm-build"
+        )
     return None
 
 
@@ -239,10 +267,7 @@ def build_engine(
     reason = unavailable_reason()
     if reason is not None:
         if not plan.engine.allow_fallback:
-            raise UnsupportedHardware(
-                f"engine: {reason}; run this Plan in Kiln's GPU job image, or set "
-                "engine.allowFallback to serve on CPU with the Python backend"
-            )
+            raise UnsupportedHardware(f"engine.backend tensorrt-llm: {reason}")
         print(f"engine: skipped, {reason}; serving with the Python backend", file=stream)
         report(100.0, "skipped: serving with the Python backend")
         return None

@@ -9,12 +9,13 @@ seed.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["GenerationResult", "SamplingParams", "generate", "generate_ids"]
+__all__ = ["GenerationResult", "SamplingParams", "generate", "generate_ids", "iter_ids"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,26 @@ def _end_ids(model: Any, params: SamplingParams) -> set[int]:
     return set(eos) if isinstance(eos, list) else {int(eos)}
 
 
-@torch.inference_mode()
+def iter_ids(model: Any, input_ids: list[int], params: SamplingParams) -> Iterator[int]:
+    """Decode after `input_ids`, yielding each new token id as soon as it is picked; stops after
+    `params.max_tokens` tokens or once an end token was yielded."""
+    generator = None
+    if params.seed is not None:
+        generator = torch.Generator().manual_seed(params.seed)
+    end_ids = _end_ids(model, params)
+    tokens = torch.tensor([input_ids], dtype=torch.long)
+    past = None
+    for _ in range(params.max_tokens):
+        with torch.inference_mode():
+            out = model(input_ids=tokens, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = _pick(out.logits[0, -1], params, generator)
+        yield token
+        if token in end_ids:
+            return
+        tokens = torch.tensor([[token]], dtype=torch.long)
+
+
 def generate_ids(
     model: Any, input_ids: list[int], params: SamplingParams
 ) -> tuple[list[int], float]:
@@ -82,25 +102,13 @@ def generate_ids(
         The generated ids (without the prompt, with a final end token if one was produced) and
         the seconds until the first token.
     """
-    generator = None
-    if params.seed is not None:
-        generator = torch.Generator().manual_seed(params.seed)
-    end_ids = _end_ids(model, params)
     started = time.perf_counter()
-    tokens = torch.tensor([input_ids], dtype=torch.long)
-    past = None
     output: list[int] = []
     first = 0.0
-    for _ in range(params.max_tokens):
-        out = model(input_ids=tokens, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        token = _pick(out.logits[0, -1], params, generator)
+    for token in iter_ids(model, input_ids, params):
         if not output:
             first = time.perf_counter() - started
         output.append(token)
-        if token in end_ids:
-            break
-        tokens = torch.tensor([[token]], dtype=torch.long)
     return output, first
 
 

@@ -1,16 +1,17 @@
-"""The Triton model repository of a published plan: which runtime, which layout, which command.
+"""The Triton model repository of a published plan: which runtime, which layout.
 
 `write_repository` picks the serving runtime from the Plan and what the engine stage produced,
-writes `<plan hash>/triton/` and returns the runtime the manifest records:
+writes `<plan hash>/triton/` and returns what the manifest records (runtime and speculation):
 
-| engine.backend | runtime               | layout                                            |
-|----------------|-----------------------|---------------------------------------------------|
-| pytorch        | `tensorrtllm-pytorch` | LLM API on the HF checkpoint (`llmapi_repository`) |
-| tensorrt-llm   | `tensorrtllm-engine`  | engines + ensemble/BLS (`engine_repository`)      |
-| none           | `python`              | Kiln's CPU runtime on PyTorch (`cpu_repository`)  |
+| engine.backend | runtime               | layout                                              |
+|----------------|-----------------------|-----------------------------------------------------|
+| pytorch        | `tensorrtllm-pytorch` | LLM API on the HF checkpoint (`llm_repository`)     |
+| tensorrt-llm   | `tensorrtllm-engine`  | engines + BLS pipeline (`engine_repository`), legacy |
+| none           | `python`              | Kiln's PyTorch runtime (`llm_repository`)           |
 
-`pytorch` is the default and what Triton's guide recommends; `tensorrt-llm` (engines and the
-`inflight_batcher_llm` ensemble, marked deprecated upstream) is opt-in.
+Every layout serves one model named `spec.serving.modelName` that speaks the serving contract
+(`kiln_jobs.contract.serving`). `pytorch` is the default and what Triton's guide recommends;
+`tensorrt-llm` (engines, which TensorRT-LLM removed upstream in July 2026) is opt-in.
 
 With `engine.allow_fallback` (local runs) a machine without TensorRT-LLM or a GPU gets the
 `python` runtime whatever the backend, with the reason printed; without it a missing engine is an
@@ -22,6 +23,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -34,21 +36,31 @@ from kiln_jobs.contract import (
     runtime_for,
 )
 from kiln_jobs.errors import UserError
+from kiln_jobs.manifest import Speculation
 from kiln_jobs.plan import Plan
-from kiln_jobs.serving.cpu_repository import write_cpu_repository
-from kiln_jobs.serving.engine import engine_files, unavailable_reason
+from kiln_jobs.serving.engine import engine_files, llm_api_unavailable
 from kiln_jobs.serving.engine_repository import write_engine_repository
-from kiln_jobs.serving.llmapi_repository import LLMAPI_MODEL, write_llmapi_repository
+from kiln_jobs.serving.llm_repository import speculation, write_llm_repository
 
-__all__ = ["choose_runtime", "served_model", "write_repository"]
+__all__ = ["ServedRepository", "choose_runtime", "write_repository"]
 
 # runtime -> writer(plan, repository, mount)
 _WRITERS: dict[Runtime, Callable[[Plan, Path, str], None]] = {
     "tensorrtllm-engine": write_engine_repository,
-    "tensorrtllm-pytorch": write_llmapi_repository,
-    # The CPU layout refers to the checkpoint relatively: it needs no mount.
-    "python": lambda plan, repository, _mount: write_cpu_repository(plan, repository),
+    # The LLM layout refers to the plan's files relatively: it needs no mount.
+    "tensorrtllm-pytorch": lambda plan, repo, _mount: write_llm_repository(
+        plan, repo, "tensorrtllm-pytorch"
+    ),
+    "python": lambda plan, repo, _mount: write_llm_repository(plan, repo, "python"),
 }
+
+
+@dataclass(frozen=True)
+class ServedRepository:
+    """What a written repository serves, for the manifest."""
+
+    runtime: Runtime
+    speculation: Speculation | None
 
 
 def _has_engine(publish_dir: Path) -> bool:
@@ -66,7 +78,7 @@ def _fallback_reason(plan: Plan, publish_dir: Path) -> str | None:
             )
         return "no TensorRT-LLM engines were built"
     if engine.backend == "pytorch" and engine.allow_fallback:
-        return unavailable_reason()
+        return llm_api_unavailable()
     return None
 
 
@@ -85,16 +97,9 @@ def choose_runtime(plan: Plan, publish_dir: Path, *, out: TextIO | None = None) 
     return runtime_for(plan.engine.backend, fallback_reason=reason)
 
 
-def served_model(runtime: str, plan: Plan) -> str:
-    """The model a client sends prompts to for `runtime`."""
-    if runtime == "tensorrtllm-engine":
-        return "ensemble"
-    if runtime == "tensorrtllm-pytorch":
-        return LLMAPI_MODEL
-    return plan.serving.model_name
-
-
-def write_repository(plan: Plan, publish_dir: Path, *, mount: str = MODEL_MOUNT) -> Runtime:
+def write_repository(
+    plan: Plan, publish_dir: Path, *, mount: str = MODEL_MOUNT
+) -> ServedRepository:
     """Write `<publish_dir>/triton/` for `plan` (replacing an old one) and return its runtime.
 
     Args:
@@ -104,7 +109,7 @@ def write_repository(plan: Plan, publish_dir: Path, *, mount: str = MODEL_MOUNT)
             files by absolute path under it; the CPU layout by relative path).
 
     Returns:
-        The manifest's `serving_runtime`.
+        The runtime and the speculation it serves, for the manifest.
     """
     if not (publish_dir / CHECKPOINT_DIR / "config.json").is_file():
         raise UserError(f"repository: no exported checkpoint in {publish_dir / CHECKPOINT_DIR}")
@@ -113,4 +118,4 @@ def write_repository(plan: Plan, publish_dir: Path, *, mount: str = MODEL_MOUNT)
     shutil.rmtree(repository, ignore_errors=True)
     repository.mkdir(parents=True)
     _WRITERS[runtime](plan, repository, mount)
-    return runtime
+    return ServedRepository(runtime, speculation(plan, runtime))

@@ -16,15 +16,17 @@ for Kiln's own models, which add it to `sys.path` themselves.
 
 `TritonServer` starts the server on free ports in its own process group, waits for
 `/v2/health/ready`, and stops the whole group on exit; the kernel kills the server if this process
-dies first (`PR_SET_PDEATHSIG`), so no server outlives a crashed test. `python -m
-kiln_jobs.serving.tritonserver --model-repository DIR` runs it in the foreground on Triton's
-standard ports (for serving a CPU repository from a venv; the job image's own `tritonserver`
-needs none of this).
+dies first (`PR_SET_PDEATHSIG`), so no server outlives a crashed test. `kiln-tritonserver ARGS`
+(`python -m kiln_jobs.serving.tritonserver`) execs the binary in the foreground with Triton's own
+ARGS: on a machine without the Triton image it stands in for `tritonserver` in the command line
+a Triton pod runs (the job image's own `tritonserver` needs none of this).
+
+The private backend directory also holds the `kiln` backend (`kiln/model.py`), as the job
+image's `/opt/tritonserver/backends` does.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import hashlib
@@ -46,8 +48,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from kiln_jobs.contract import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from kiln_jobs.contract import GRPC_PORT, HTTP_PORT, KILN_BACKEND, METRICS_PORT
 from kiln_jobs.errors import ExitCode, KilnJobError, UserError
+from kiln_jobs.serving.triton_backend import backend_model_file
 
 __all__ = [
     "Ports",
@@ -134,7 +137,8 @@ def _default_cache() -> Path:
 
 
 def prepare_backend_dir(install: TritonInstall, cache_dir: Path | None = None) -> Path:
-    """A backend directory whose `python/` holds the backend and this Python's stub.
+    """A backend directory whose `python/` holds the backend and this Python's stub, and whose
+    `kiln/` holds the `kiln` backend's `model.py` (`kiln_jobs.contract.KILN_BACKEND`).
 
     Idempotent: the directory is named after the digest of what it holds and is built in a
     temporary sibling then renamed, so a rerun reuses it and a concurrent run cannot see it half
@@ -149,8 +153,10 @@ def prepare_backend_dir(install: TritonInstall, cache_dir: Path | None = None) -
     """
     sources = sorted(p for p in (install.backends_dir / "python").iterdir() if p.is_file())
     sources.append(install.stub)
-    target = (cache_dir or _default_cache()) / f"backends-{_PY_VERSION}-{_digest(sources)}"
-    if (target / "python" / install.stub.name).is_file():
+    kiln_model = backend_model_file()
+    digest = _digest([*sources, kiln_model])
+    target = (cache_dir or _default_cache()) / f"backends-{_PY_VERSION}-{digest}"
+    if (target / KILN_BACKEND / "model.py").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
@@ -158,6 +164,8 @@ def prepare_backend_dir(install: TritonInstall, cache_dir: Path | None = None) -
         (staging / "python").mkdir()
         for source in sources:
             shutil.copy2(source, staging / "python" / source.name)
+        (staging / KILN_BACKEND).mkdir()
+        shutil.copy2(kiln_model, staging / KILN_BACKEND / "model.py")
         with contextlib.suppress(OSError):  # another launcher won the race: use its copy
             staging.rename(target)
     finally:
@@ -408,26 +416,21 @@ class TritonServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve a model repository in the foreground (the CPU-runtime container's command)."""
-    parser = argparse.ArgumentParser(prog="python -m kiln_jobs.serving.tritonserver")
-    parser.add_argument("--model-repository", required=True, type=Path)
-    parser.add_argument("--http-port", type=int, default=HTTP_PORT)
-    parser.add_argument("--grpc-port", type=int, default=GRPC_PORT)
-    parser.add_argument("--metrics-port", type=int, default=METRICS_PORT)
-    parser.add_argument("--log-verbose", type=int, default=0)
-    args = parser.parse_args(argv)
+    """`kiln-tritonserver ARGS...`: the wheel's `tritonserver` with Kiln's backends, in the
+    foreground. ARGS are tritonserver's own, passed through unchanged, so the command line a Triton
+    pod runs (`kiln_jobs.contract.triton_argv`) runs here with this in place of `tritonserver`.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args) or not args:
+        print(main.__doc__, file=sys.stderr)
+        return 0 if args else int(ExitCode.USER_ERROR)
     try:
         install = find_triton()
-        command = server_argv(
-            install,
-            args.model_repository,
-            prepare_backend_dir(install),
-            Ports(args.http_port, args.grpc_port, args.metrics_port),
-            log_verbose=args.log_verbose,
-        )
+        backends = prepare_backend_dir(install)
     except KilnJobError as error:
         print(f"error: {error.message}", file=sys.stderr)
         return int(error.exit_code)
+    command = [str(install.binary), f"--backend-directory={backends}", *args]
     # Replace this process: the container's PID 1 is then tritonserver itself, which gets the
     # kubelet's SIGTERM directly and drains in-flight requests.
     os.execve(command[0], command, server_env(install))

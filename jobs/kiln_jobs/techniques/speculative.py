@@ -38,16 +38,14 @@ from modelopt.torch.speculative.plugins.hf_eagle import default_eagle_aux_layer_
 from safetensors import safe_open
 from transformers import PreTrainedModel
 
-from kiln_jobs.contract import DRAFT_DIR
+from kiln_jobs.contract import DRAFT_DIR, EAGLE_DRAFT_LENGTH
 from kiln_jobs.errors import SourceNotFound, UserError
 from kiln_jobs.plan import DataRef, ModelRef, SpeculativePlan
 from kiln_jobs.techniques._training import TrainingResult, train_resumably
 from kiln_jobs.techniques.context import TechniqueContext, TechniqueOutcome
 
-__all__ = ["ACCEPTANCE_NEW_TOKENS", "EAGLE_DRAFT_TOKENS", "measure_acceptance_length", "run"]
+__all__ = ["ACCEPTANCE_NEW_TOKENS", "measure_acceptance_length", "run"]
 
-# EAGLE-3 drafts this many tokens per step: modelopt trains it for 3 test-time steps.
-EAGLE_DRAFT_TOKENS = 3
 # The acceptance measurement: up to this many prompts of this many tokens, each continued
 # greedily by the base for this many tokens.
 ACCEPTANCE_PROMPTS = 8
@@ -241,10 +239,10 @@ def _convert_medusa(base: PreTrainedModel, heads: int, layers: int) -> Any:
 
 
 def _draft_tokens(drafter: Any) -> int:
-    """Tokens the draft proposes per step: one per Medusa head, EAGLE_DRAFT_TOKENS for EAGLE."""
+    """Tokens the draft proposes per step: one per Medusa head, EAGLE_DRAFT_LENGTH for EAGLE."""
     if hasattr(drafter, "medusa_heads"):
         return len(drafter.medusa_heads)
-    return EAGLE_DRAFT_TOKENS
+    return EAGLE_DRAFT_LENGTH
 
 
 def _draft_module(drafter: Any) -> torch.nn.Module:

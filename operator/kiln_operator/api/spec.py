@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from itertools import combinations
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from kiln_jobs.contract import EngineBackend, QuantFormat
+from kiln_jobs.contract import (
+    ENGINE_INNER_MODELS,
+    GRPC_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    OPENAI_PORT,
+    RUNTIMES,
+    EngineBackend,
+    QuantFormat,
+    SpeculativeAlgorithm,
+    speculation_problem,
+)
 from kiln_operator.api.base import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -146,17 +158,49 @@ class ComputeResources(KilnModel):
     """Maximum resources."""
 
 
+_PORTS = {
+    "httpPort": HTTP_PORT,
+    "grpcPort": GRPC_PORT,
+    "metricsPort": METRICS_PORT,
+    "openaiPort": OPENAI_PORT,
+}
+
+
+def _port(name: str) -> str:
+    """A port field in CEL, with its default when unset."""
+    return f"(has(self.{name}) ? self.{name} : {_PORTS[name]})"
+
+
 class ServiceSpec(KilnModel):
     """The Service in front of Triton."""
 
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     """Service type."""
-    http_port: int = Field(default=8000, ge=1, le=65535)
+    http_port: int = Field(default=HTTP_PORT, ge=1, le=65535)
     """Port of Triton's HTTP/REST endpoint (KServe v2 protocol)."""
-    grpc_port: int = Field(default=8001, ge=1, le=65535)
+    grpc_port: int = Field(default=GRPC_PORT, ge=1, le=65535)
     """Port of Triton's gRPC endpoint."""
-    metrics_port: int = Field(default=8002, ge=1, le=65535)
+    metrics_port: int = Field(default=METRICS_PORT, ge=1, le=65535)
     """Port of Triton's Prometheus metrics."""
+    openai_port: int = Field(default=OPENAI_PORT, ge=1, le=65535)
+    """Port of the OpenAI-compatible endpoint (/v1/completions, /v1/chat/completions)."""
+
+    model_config = cel_rules(
+        (
+            " && ".join(f"{_port(a)} != {_port(b)}" for a, b in combinations(_PORTS, 2)),
+            f"{', '.join(_PORTS)} must differ (defaults {', '.join(map(str, _PORTS.values()))})",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServiceSpec:
+        ports = [self.http_port, self.grpc_port, self.metrics_port, self.openai_port]
+        if len(set(ports)) != len(ports):
+            raise ValueError(
+                "httpPort, grpcPort, metricsPort and openaiPort must differ, got "
+                + ", ".join(map(str, ports))
+            )
+        return self
 
 
 class SmokeTestSpec(KilnModel):
@@ -180,7 +224,8 @@ class ServingSpec(KilnModel):
     image: str | None = Field(default=None, max_length=512)
     """Triton image; defaults to the one the platform team configured for the operator."""
     model_name: str = Field(default="model", pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    """Name clients use in Triton requests (/v2/models/<name>/generate)."""
+    """The served model's name, for every serving backend: clients use it in Triton requests
+    (/v2/models/<name>/generate) and as the OpenAI model id."""
     max_new_tokens: int = Field(default=256, gt=0, le=65536)
     """Default generation length when a request does not say."""
     resources: ComputeResources | None = None
@@ -189,6 +234,9 @@ class ServingSpec(KilnModel):
     """The Service in front of Triton."""
     smoke_test: SmokeTestSpec | None = None
     """A real generation request once Ready."""
+    openai_endpoint: bool = True
+    """Serve an OpenAI-compatible endpoint (/v1/models, /v1/completions, /v1/chat/completions,
+    streaming) beside Triton, on service.openaiPort."""
 
 
 class ResourcesSpec(KilnModel):
@@ -277,6 +325,37 @@ class ArtifactsSpec(KilnModel):
     plan). delete: remove this plan's artifacts when the resource is deleted."""
 
 
+_BACKEND = EngineSpec.model_fields["backend"].default
+
+
+def _serving_rules() -> list[tuple[str, str, str]]:
+    """CEL rules for what a serving runtime cannot serve, from the runtime table."""
+    backend = f"(has(self.engine) && has(self.engine.backend) ? self.engine.backend : '{_BACKEND}')"
+    rules = []
+    for runtime in RUNTIMES.values():
+        for algorithm in get_args(SpeculativeAlgorithm):
+            if speculation_problem(runtime.backend, algorithm) is None:
+                continue
+            drafts = f"t.speculative.algorithm == '{algorithm}'"
+            rules.append(
+                (
+                    f"!({backend} == '{runtime.backend}' && "
+                    f"self.techniques.exists(t, has(t.speculative) && {drafts}))",
+                    f"{algorithm} drafts with engine.backend {runtime.backend}: {runtime.no_draft}",
+                    ".techniques",
+                )
+            )
+    rules.append(
+        (
+            f"!({backend} == 'tensorrt-llm' && has(self.serving) && has(self.serving.modelName) "
+            f"&& self.serving.modelName in {list(ENGINE_INNER_MODELS)})",
+            "serving.modelName names one of the engine runtime's own models: choose another",
+            ".serving.modelName",
+        )
+    )
+    return rules
+
+
 class ModelOptimizationSpec(KilnModel):
     """What to optimize, how, how to judge it, and how to serve it."""
 
@@ -298,6 +377,7 @@ class ModelOptimizationSpec(KilnModel):
     """Where artifacts are published and how long they are kept."""
 
     model_config = cel_rules(
+        *_serving_rules(),
         (
             "self.techniques.filter(t, has(t.ptq)).size() <= 1",
             "at most one ptq per stack: quantize once, then refine it with qat or qad",
@@ -316,6 +396,24 @@ class ModelOptimizationSpec(KilnModel):
         problems = stack_problems(self.techniques)
         if problems:
             raise ValueError(problems[0])
+        return self
+
+    @model_validator(mode="after")
+    def _runtime_serves_it(self) -> ModelOptimizationSpec:
+        backend = self.engine.backend
+        for index, technique in enumerate(self.techniques):
+            draft = technique.speculative
+            problem = draft and speculation_problem(backend, draft.algorithm)
+            if problem:
+                raise ValueError(
+                    f"techniques[{index}].speculative.algorithm: {draft.algorithm} with "  # type: ignore[union-attr]
+                    f"engine.backend {backend}: {problem}"
+                )
+        if backend == "tensorrt-llm" and self.serving.model_name in ENGINE_INNER_MODELS:
+            raise ValueError(
+                f"serving.modelName: {self.serving.model_name!r} names one of the engine "
+                f"runtime's own models ({', '.join(ENGINE_INNER_MODELS)}); choose another name"
+            )
         return self
 
     @model_validator(mode="after")

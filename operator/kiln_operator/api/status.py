@@ -12,7 +12,14 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from kiln_jobs.contract import Runtime
-from kiln_jobs.manifest import Attempt, CheckpointInfo, Metrics, Progress, StageResult
+from kiln_jobs.manifest import (
+    Attempt,
+    CheckpointInfo,
+    Metrics,
+    Progress,
+    Speculation,
+    StageResult,
+)
 from kiln_operator.api.base import KilnModel
 from kiln_operator.conditions import CONDITIONS
 
@@ -21,10 +28,12 @@ __all__ = [
     "AttemptStatus",
     "CheckpointStatus",
     "Condition",
+    "EndpointsStatus",
     "MetricsStatus",
     "ModelOptimizationStatus",
     "Phase",
     "ProgressStatus",
+    "SpeculationStatus",
     "StageStatus",
 ]
 
@@ -178,6 +187,55 @@ class CheckpointStatus(KilnModel):
         return CheckpointInfo.model_validate(self.model_dump(exclude_none=True))
 
 
+class SpeculationStatus(KilnModel):
+    """The speculative-decoding draft the plan publishes, and whether it is served."""
+
+    algorithm: str
+    """eagle3 or medusa."""
+    draft_path: str
+    """Where the draft is, relative to the published plan (<store>/<planHash>/)."""
+    max_draft_len: int
+    """Tokens the draft proposes per step."""
+    served: bool
+    """Whether the serving runtime decodes with the draft."""
+    reason: str | None = None
+    """Why it is not served."""
+
+    @classmethod
+    def from_record(cls, record: Speculation) -> SpeculationStatus:
+        """The job's record of the draft."""
+        return cls(
+            algorithm=record.algorithm,
+            draft_path=record.draft_dir,
+            max_draft_len=record.max_draft_len,
+            served=record.served,
+            reason=record.reason,
+        )
+
+    def to_record(self) -> Speculation:
+        """Back to the job's record."""
+        return Speculation(
+            algorithm=self.algorithm,
+            draft_dir=self.draft_path,
+            max_draft_len=self.max_draft_len,
+            served=self.served,
+            reason=self.reason,
+        )
+
+
+class EndpointsStatus(KilnModel):
+    """In-cluster addresses of the served model."""
+
+    http: str
+    """Triton's HTTP/REST endpoint (KServe v2 protocol, generate extension)."""
+    grpc: str
+    """Triton's gRPC endpoint."""
+    openai: str | None = None
+    """The OpenAI-compatible endpoint (base URL, ends in /v1)."""
+    model: str
+    """The served model's name (spec.serving.modelName), in Triton and as the OpenAI model."""
+
+
 class ArtifactStatus(KilnModel):
     """A published artifact."""
 
@@ -223,6 +281,10 @@ class ModelOptimizationStatus(KilnModel):
     """sha256 of the published manifest.json."""
     endpoint: str | None = None
     """In-cluster address of Triton, e.g. http://name.namespace.svc:8000."""
+    endpoints: EndpointsStatus | None = None
+    """Every endpoint of the served model: Triton HTTP and gRPC, OpenAI-compatible."""
+    speculation: SpeculationStatus | None = None
+    """The speculative-decoding draft and whether it is served."""
     serving_plan_hash: str | None = None
     """Plan hash of the model Triton serves now (lags planHash during a rollout)."""
     serving_runtime: Runtime | None = None

@@ -11,9 +11,7 @@ from typing import Any
 # MODEL_MOUNT: the published plan directory (manifest.json, checkpoint/, engine/, triton/)
 # inside the pod; the TensorRT-LLM repositories the job writes refer to files under it.
 from kiln_jobs.contract import (
-    GRPC_PORT,
-    HTTP_PORT,
-    METRICS_PORT,
+    CHECKPOINT_DIR,
     MODEL_MOUNT,
     RUNTIMES,
     TRITON_DIR,
@@ -24,6 +22,8 @@ from kiln_jobs.contract import (
 from kiln_jobs.manifest import CheckpointInfo
 from kiln_jobs.plan import Plan
 from kiln_operator.api import ModelOptimization
+from kiln_operator.api.spec import ServiceSpec
+from kiln_operator.api.status import EndpointsStatus
 from kiln_operator.builders.common import (
     kiln_container,
     restricted_pod,
@@ -40,11 +40,14 @@ from kiln_operator.naming import (
     service_name,
 )
 
-__all__ = ["build_admin_secret", "build_deployment", "build_pdb", "build_service", "endpoint_of"]
+__all__ = ["build_admin_secret", "build_deployment", "build_pdb", "build_service", "endpoints_of"]
 
 Obj = dict[str, Any]
 
 TRITON_CONTAINER = "triton"
+OPENAI_CONTAINER = "openai"
+# Tokenizing and relaying requests is light, but importing transformers takes a few hundred MB.
+_OPENAI_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 ADMIN_KEY_ENV = "KILN_TRITON_ADMIN_KEY"
 # Triton waits this long for in-flight requests on SIGTERM; the pod's grace period is longer.
 _EXIT_TIMEOUT_SECONDS = 30
@@ -90,18 +93,50 @@ def build_admin_secret(resource: ModelOptimization) -> Obj:
     }
 
 
+def _service(resource: ModelOptimization) -> ServiceSpec:
+    return resource.spec.serving.service or ServiceSpec()
+
+
 def _ports(resource: ModelOptimization) -> list[Obj]:
-    service = resource.spec.serving.service
-    http, grpc, metrics = (
-        (service.http_port, service.grpc_port, service.metrics_port)
-        if service
-        else (HTTP_PORT, GRPC_PORT, METRICS_PORT)
-    )
+    """Triton's ports."""
+    service = _service(resource)
     return [
-        {"name": "http", "containerPort": http, "protocol": "TCP"},
-        {"name": "grpc", "containerPort": grpc, "protocol": "TCP"},
-        {"name": "metrics", "containerPort": metrics, "protocol": "TCP"},
+        {"name": "http", "containerPort": service.http_port, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": service.grpc_port, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": service.metrics_port, "protocol": "TCP"},
     ]
+
+
+def _openai_port(resource: ModelOptimization) -> Obj:
+    return {"name": "openai", "containerPort": _service(resource).openai_port, "protocol": "TCP"}
+
+
+def _openai_container(
+    resource: ModelOptimization, mounts: list[Obj], image: str, config: OperatorConfig
+) -> Obj:
+    """The OpenAI-compatible endpoint beside Triton (same pod: it reaches Triton on loopback)."""
+    service = _service(resource)
+    port = _openai_port(resource)
+    return kiln_container(
+        OPENAI_CONTAINER,
+        image=image,
+        command=config.job_command,
+        args=[
+            *("openai", "--triton", f"127.0.0.1:{service.http_port}"),
+            *("--model", resource.spec.serving.model_name),
+            *("--tokenizer", f"{MODEL_MOUNT}/{CHECKPOINT_DIR}"),
+            *("--port", str(port["containerPort"])),
+        ],
+        env=[{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        mounts=mounts,
+        resources=_OPENAI_RESOURCES,
+        ports=[port],
+        readinessProbe={
+            "httpGet": {"path": "/health/ready", "port": "openai"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+    )
 
 
 def _hardening(resource: ModelOptimization, *, single_process: bool) -> list[str]:
@@ -127,7 +162,8 @@ def _triton_command(
     resource: ModelOptimization, plan: Plan, runtime: Runtime, config: OperatorConfig
 ) -> list[str]:
     """The container's whole command line for the runtime the job published (no shell)."""
-    http, grpc, metrics = (p["containerPort"] for p in _ports(resource))
+    service = _service(resource)
+    http, grpc, metrics = service.http_port, service.grpc_port, service.metrics_port
     world = plan.engine.tensor_parallel * plan.engine.pipeline_parallel
     single = runtime != "tensorrtllm-engine" or world == 1
     return triton_argv(
@@ -209,9 +245,10 @@ def build_deployment(
     scratch, scratch_mounts = scratch_volumes()
     labels = {**child_labels(name, "serving", plan_hash), **_checkpoint_labels(checkpoint)}
     pod_labels = {**(spec.scheduling.pod_labels or {}), **labels}
+    image = spec.serving.image or config.triton_image
     container = kiln_container(
         TRITON_CONTAINER,
-        image=spec.serving.image or config.triton_image,
+        image=image,
         command=command[:1],
         args=command[1:],
         env=[
@@ -227,17 +264,26 @@ def build_deployment(
         ports=_ports(resource),
         **_probes(),
     )
+    containers = [container]
+    if spec.serving.openai_endpoint:
+        containers.append(_openai_container(resource, [*mounts, *scratch_mounts], image, config))
     pod_spec = restricted_pod(
         config.uid,
-        [container],
+        containers,
         [*volumes, *scratch],
         terminationGracePeriodSeconds=_EXIT_TIMEOUT_SECONDS + 30,
         initContainers=init_containers,
     )
+    tolerations = [dict(t) for t in config.serving_tolerations]
+    node_selector = dict(config.serving_node_selector)
     if RUNTIMES[runtime].gpu:
-        pod_spec["tolerations"] = [{"key": _GPU, "operator": "Exists", "effect": "NoSchedule"}]
+        tolerations.append({"key": _GPU, "operator": "Exists", "effect": "NoSchedule"})
         if spec.resources.gpu_product:
-            pod_spec["nodeSelector"] = {"nvidia.com/gpu.product": spec.resources.gpu_product}
+            node_selector["nvidia.com/gpu.product"] = spec.resources.gpu_product
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -271,9 +317,12 @@ def build_deployment(
 
 
 def build_service(resource: ModelOptimization) -> Obj:
-    """The Service clients use: http, grpc and metrics ports."""
+    """The Service clients use: http, grpc and metrics ports, and openai when it runs."""
     name = resource.metadata.name
-    service = resource.spec.serving.service
+    service = _service(resource)
+    ports = _ports(resource)
+    if resource.spec.serving.openai_endpoint:
+        ports.append(_openai_port(resource))
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -283,11 +332,11 @@ def build_service(resource: ModelOptimization) -> Obj:
             "labels": child_labels(name, "serving"),
         },
         "spec": {
-            "type": service.type if service else "ClusterIP",
+            "type": service.type,
             "selector": selector_labels(name, "serving"),
             "ports": [
                 {"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]}
-                for p in _ports(resource)
+                for p in ports
             ],
         },
     }
@@ -313,7 +362,14 @@ def build_pdb(resource: ModelOptimization) -> Obj | None:
     }
 
 
-def endpoint_of(resource: ModelOptimization) -> str:
-    """In-cluster HTTP address of the Service."""
-    port = _ports(resource)[0]["containerPort"]
-    return f"http://{service_name(resource.metadata.name)}.{resource.metadata.namespace}.svc:{port}"
+def endpoints_of(resource: ModelOptimization) -> EndpointsStatus:
+    """In-cluster addresses of the Service's endpoints."""
+    service = _service(resource)
+    host = f"{service_name(resource.metadata.name)}.{resource.metadata.namespace}.svc"
+    openai = f"http://{host}:{service.openai_port}/v1"
+    return EndpointsStatus(
+        http=f"http://{host}:{service.http_port}",
+        grpc=f"{host}:{service.grpc_port}",
+        openai=openai if resource.spec.serving.openai_endpoint else None,
+        model=resource.spec.serving.model_name,
+    )

@@ -64,5 +64,5 @@ def tiny_published(tmp_path_factory: pytest.TempPathFactory) -> Published:
     root = tmp_path_factory.mktemp("publish")
     export = export_tiny("fp8", root / "checkpoint")
     plan = make_plan(backend="none", max_batch_size=4, max_input_len=128, max_seq_len=256)
-    assert write_repository(plan, root) == "python"
+    assert write_repository(plan, root).runtime == "python"
     return Published(root, export, plan, reference_text(export))

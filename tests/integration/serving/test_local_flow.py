@@ -38,7 +38,7 @@ def _manifest(published) -> Manifest:
     )
 
 
-def test_serve_published_checks_both_protocols_and_the_checkpoint(tiny_published) -> None:
+def test_serve_published_checks_every_protocol_and_the_checkpoint(tiny_published) -> None:
     groups = set(TritonServer.started_groups)
     seen = []
     report = local.serve_published(
@@ -48,6 +48,8 @@ def test_serve_published_checks_both_protocols_and_the_checkpoint(tiny_published
     assert report.text == expected
     assert report.protocols_agree and report.matches_checkpoint and report.stopped
     assert report.http_url and report.grpc_url and report.ready_seconds > 0
+    assert report.stream_chunks > 1
+    assert report.openai_url.startswith("http://127.0.0.1:") and report.openai_url.endswith("/v1")
     assert seen == [report]
     assert not any(group_alive(g) for g in TritonServer.started_groups - groups)
 
@@ -71,6 +73,7 @@ def test_run_local_prints_a_plain_report(tiny_published, tmp_path: Path, monkeyp
     assert "size         538.0 MB -> 270.0 MB" in text
     assert f"generated    {report.serve.text!r}" in text
     assert "same text: yes" in text and "Traceback" not in text
+    assert f"openai       {report.serve.openai_url}" in text
     assert "triton stopped" in text
     assert (tmp_path / "tritonserver.log").is_file()
 

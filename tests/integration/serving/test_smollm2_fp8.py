@@ -97,7 +97,7 @@ def test_smollm2_fp8_served_by_triton(tmp_path: Path) -> None:
     expected = generate(loaded, tokenizer, PROMPT, SamplingParams(max_tokens=MAX_TOKENS))
 
     plan = make_plan(backend="none", max_batch_size=4, max_input_len=512, max_seq_len=1024)
-    assert write_repository(plan, root) == "python"
+    assert write_repository(plan, root).runtime == "python"
     with TritonServer(root / "triton") as server:
         http = generate_remote(server.http_url, PROMPT)
         grpc = generate_remote(server.grpc_url, PROMPT, protocol="grpc")

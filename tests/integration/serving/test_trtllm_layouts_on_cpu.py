@@ -1,9 +1,9 @@
-"""The TensorRT-LLM repositories' wiring in the real `tritonserver`, on CPU.
+"""The TensorRT-LLM engine repository's wiring in the real `tritonserver`, on CPU.
 
-Only the GPU parts are stood in (`standins/`): the C++ `tensorrt_llm` engine model becomes a
-Python model with the same tensors, and `tensorrt_llm.LLM` a CPU class with the same calls. The
-generated configs, the ensemble's routing, Kiln's preprocessing / postprocessing / BLS models and
-the LLM-API model.py all run as written, and must answer what the CPU runtime answers.
+Only the GPU part is stood in (`tests/standins/engine_model.py`): the C++ `tensorrt_llm` engine
+model becomes a Python model with the same tensors. The generated configs and Kiln's front
+(BLS), preprocessing and postprocessing models run as written, and must answer what the other
+runtimes answer.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 
 from kiln_jobs.serving.client import generate
 from kiln_jobs.serving.engine_repository import write_engine_repository
-from kiln_jobs.serving.llmapi_repository import UPSTREAM_MODEL_ENV, write_llmapi_repository
 from kiln_jobs.serving.triton_config import read_config, write_config
 from kiln_jobs.serving.tritonserver import TritonServer
 from tests.integration.serving.conftest import MAX_TOKENS, PROMPT
@@ -23,18 +22,14 @@ from tests.unit.serving.plans import make_plan
 
 pytestmark = pytest.mark.integration
 
-STANDINS = Path(__file__).parent / "standins"
+STANDINS = Path(__file__).parents[2] / "standins"
 
 
-def _ask(server: TritonServer, model: str) -> list[str]:
-    return [
-        generate(server.http_url, model, PROMPT, max_tokens=MAX_TOKENS).text,
-        generate(server.grpc_url, model, PROMPT, max_tokens=MAX_TOKENS, protocol="grpc").text,
-    ]
-
-
-def test_engine_ensemble_and_bls(tiny_published, tmp_path: Path) -> None:
-    plan = make_plan(tensor_parallel=1, max_batch_size=2, max_input_len=128, max_seq_len=256)
+def test_engine_front_model_answers_like_the_other_runtimes(tiny_published, tmp_path: Path) -> None:
+    plan = make_plan(
+        tensor_parallel=1, max_batch_size=2, max_input_len=128, max_seq_len=256,
+        serving={"model_name": "legacy"},
+    )  # fmt: skip
     repository = tmp_path / "triton"
     # Mounted at the publish dir, so tokenizer_dir and the stand-in's checkpoint resolve here.
     write_engine_repository(plan, repository, mount=str(tiny_published.root))
@@ -45,15 +40,11 @@ def test_engine_ensemble_and_bls(tiny_published, tmp_path: Path) -> None:
     shutil.copyfile(STANDINS / "engine_model.py", repository / "tensorrt_llm" / "1" / "model.py")
 
     with TritonServer(repository) as server:
-        answers = _ask(server, "ensemble") + _ask(server, "tensorrt_llm_bls")
-    assert answers == [tiny_published.expected] * 4
-
-
-def test_llmapi_model(tiny_published, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv(UPSTREAM_MODEL_ENV, raising=False)
-    plan = make_plan(backend="pytorch", tensor_parallel=1)
-    repository = tmp_path / "triton"
-    write_llmapi_repository(plan, repository, mount=str(tiny_published.root))
-    with TritonServer(repository, python_path=[STANDINS]) as server:
-        answers = _ask(server, "tensorrt_llm")
-    assert answers == [tiny_published.expected] * 2
+        http = generate(server.http_url, "legacy", PROMPT, max_tokens=MAX_TOKENS)
+        grpc = generate(server.grpc_url, "legacy", PROMPT, max_tokens=MAX_TOKENS, protocol="grpc")
+        streamed = generate(
+            server.http_url, "legacy", PROMPT, max_tokens=MAX_TOKENS, streaming=True
+        )
+    assert http.text == grpc.text == streamed.text == tiny_published.expected
+    assert http.output_tokens == MAX_TOKENS and http.finish_reason == "length"
+    assert len(streamed.chunks) == 1  # engines answer a streaming request in one piece

@@ -156,7 +156,7 @@ def test_nvfp4_on_cpu_fails_before_any_model_is_loaded(tmp_path: Path) -> None:
 def test_engines_without_tensorrt_llm_fail_in_preflight(tmp_path: Path) -> None:
     plan = tiny_plan(tmp_path / "no-model", tmp_path / "store", (FP8,))
     plan = plan.model_copy(update={"engine": EnginePlan(backend="tensorrt-llm")})
-    with pytest.raises(UnsupportedHardware, match=r"engine: .*allowFallback"):
+    with pytest.raises(UnsupportedHardware, match=r"engine.backend tensorrt-llm: .*job image"):
         run_plan(plan, tmp_path / "work")
 
 

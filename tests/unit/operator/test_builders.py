@@ -246,10 +246,38 @@ def test_service_and_pdb(config: OperatorConfig) -> None:
     prepared = _prepared(config, serving={"replicas": 2, "service": {"type": "LoadBalancer"}})
     service = build_service(prepared.resource)
     assert service["spec"]["type"] == "LoadBalancer"
-    assert [p["port"] for p in service["spec"]["ports"]] == [8000, 8001, 8002]
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http", "grpc", "metrics", "openai"]
+    assert [p["port"] for p in service["spec"]["ports"]] == [8000, 8001, 8002, 9000]
     assert build_pdb(prepared.resource)["spec"]["maxUnavailable"] == 1  # type: ignore[index]
     single = _prepared(config)
     assert build_pdb(single.resource) is None
+
+
+def test_the_openai_endpoint_runs_beside_triton(config: OperatorConfig) -> None:
+    prepared = _prepared(
+        config, serving={"modelName": "assistant", "service": {"openaiPort": 9100}}
+    )
+    pod = build_deployment(
+        prepared.resource, prepared.plan, checkpoint=None, runtime="tensorrtllm-pytorch",
+        config=config,
+    )["spec"]["template"]["spec"]  # fmt: skip
+    triton, openai = pod["containers"]
+    assert openai["name"] == "openai" and openai["image"] == triton["image"]
+    assert openai["command"] + openai["args"] == [
+        *config.job_command, "openai", "--triton", "127.0.0.1:8000", "--model", "assistant",
+        "--tokenizer", "/kiln/model/checkpoint", "--port", "9100",
+    ]  # fmt: skip
+    assert openai["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "openai"}
+    assert openai["resources"]["limits"]["memory"]
+    assert {m["mountPath"] for m in openai["volumeMounts"]} >= {"/kiln/model", "/tmp"}
+    assert_restricted(pod)
+    without = _prepared(config, serving={"openaiEndpoint": False})
+    service = build_service(without.resource)
+    assert "openai" not in [p["name"] for p in service["spec"]["ports"]]
+    lone = build_deployment(
+        without.resource, without.plan, checkpoint=None, runtime="python", config=config
+    )
+    assert [c["name"] for c in lone["spec"]["template"]["spec"]["containers"]] == ["triton"]
 
 
 def test_platform_defaults_for_job_placement(config: OperatorConfig) -> None:

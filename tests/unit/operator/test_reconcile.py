@@ -209,7 +209,8 @@ def _succeeded(prepared: Prepared) -> Observed:
     done = job_obj(
         job_name("smollm2", prepared.plan_hash), conditions=[{"type": "Complete", "status": "True"}]
     )
-    pod = pod_obj(phase="Succeeded", terminated={"exitCode": 0, "message": succeeded_result()})
+    result = succeeded_result(prepared.plan_hash)
+    pod = pod_obj(phase="Succeeded", terminated={"exitCode": 0, "message": result})
     return Observed(job=done, job_pods=[pod])
 
 
@@ -249,16 +250,58 @@ def test_checkpoint_is_described_on_the_deployment(config: OperatorConfig) -> No
     assert decision.status["checkpoint"]["quantAlgo"] == "FP8"
 
 
-def test_rolled_out_triton_gets_a_smoke_test(config: OperatorConfig) -> None:
-    prepared = _prepared(config)
+@pytest.mark.parametrize("backend", ["pytorch", "tensorrt-llm", "none"])
+def test_the_smoke_test_asks_for_the_resources_model_on_every_backend(
+    config: OperatorConfig, backend: str
+) -> None:
+    prepared = _prepared(config, engine={"backend": backend}, serving={"modelName": "assistant"})
     observed = _succeeded(prepared)
     observed.deployment = _deployment(prepared)
     decision = decide(prepared, observed, config, NOW)
     assert decision.smoke is not None
     assert decision.smoke.endpoint == "http://smollm2-triton.team-a.svc:8000"
-    assert decision.smoke.model_name == "model"
+    assert decision.smoke.model_name == "assistant"
     assert _cond(decision, "Deployed")["status"] == "True"
     assert decision.status["phase"] == "Deploying"
+    assert decision.status["endpoints"] == {
+        "http": "http://smollm2-triton.team-a.svc:8000",
+        "grpc": "smollm2-triton.team-a.svc:8001",
+        "openai": "http://smollm2-triton.team-a.svc:9000/v1",
+        "model": "assistant",
+    }
+
+
+def test_a_job_that_succeeded_without_a_result_publishes_nothing(config: OperatorConfig) -> None:
+    prepared = _prepared(config)
+    observed = _succeeded(prepared)
+    for pod in observed.job_pods:  # exit 0, no termination message (e.g. a wrong image)
+        pod["status"]["containerStatuses"][0]["state"]["terminated"].pop("message")
+    decision = decide(prepared, observed, config, NOW)
+    assert not decision.apply and not decision.secrets
+    optimized = _cond(decision, "Optimized")
+    assert optimized["status"] == "False" and optimized["reason"] == "ResultMissing"
+    assert "nothing was published" in optimized["message"]
+    assert _cond(decision, "Stalled")["status"] == "True"
+    assert decision.status["phase"] == "Failed"
+    # A result for another plan is not this plan's either.
+    observed = _succeeded(prepared)
+    other = succeeded_result("another-plan")
+    observed.job_pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = other
+    assert _cond(decide(prepared, observed, config, NOW), "Optimized")["reason"] == "ResultMissing"
+
+
+def test_the_served_draft_is_in_status(config: OperatorConfig) -> None:
+    from kiln_jobs.manifest import Speculation
+
+    prepared = _prepared(config)
+    draft = Speculation(algorithm="eagle3", draft_dir="draft", max_draft_len=3, served=True)
+    decision = decide(
+        prepared, Observed(published=Published(prepared.plan_hash, speculation=draft)), config, NOW
+    )
+    assert decision.status["speculation"] == {
+        "algorithm": "eagle3", "draftPath": "draft", "maxDraftLen": 3, "served": True,
+        "reason": None,  # a merge patch: clears a reason an earlier plan left
+    }  # fmt: skip
 
 
 def test_smoke_endpoint_override(config: OperatorConfig) -> None:

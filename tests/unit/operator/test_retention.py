@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from kiln_operator.config import OperatorConfig
 from kiln_operator.builders.cleanup import build_cleanup_job
+from kiln_operator.config import OperatorConfig
 from kiln_operator.retention import plan_cleanup
 from tests.unit.operator.test_builders import assert_restricted
 

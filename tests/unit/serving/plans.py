@@ -36,7 +36,7 @@ def make_plan(*, serving: dict[str, Any] | None = None, gpus: int = 2, **engine:
         techniques=(PTQPlan(format="fp8", calibration=DataRef(samples=8, seq_length=64)),),
         evaluation=EvaluationPlan(data=DataRef(samples=2, seq_length=64), stride=64),
         engine=EnginePlan(**engine),
-        serving=ServingPlan(**(serving or {"kv_cache_free_gpu_mem_fraction": 0.85})),
+        serving=ServingPlan(**{"kv_cache_free_gpu_mem_fraction": 0.85, **(serving or {})}),
         hardware=HardwarePlan(gpu_product="H100", gpus=gpus),
         output=OutputPlan(store="file:///tmp/kiln-store"),
     )

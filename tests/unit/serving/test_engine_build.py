@@ -54,8 +54,18 @@ def test_missing_tensorrt_llm_is_a_clear_error(tmp_path: Path, monkeypatch) -> N
     with pytest.raises(UnsupportedHardware) as raised:
         build_engine(make_plan(), tmp_path / "checkpoint", tmp_path / "engine")
     assert raised.value.exit_code == ExitCode.UNSUPPORTED_HARDWARE
-    assert "TensorRT-LLM is not installed" in raised.value.message
-    assert "allow" in raised.value.message
+    assert raised.value.message == "engine.backend tensorrt-llm: TensorRT-LLM is not installed"
+
+
+def test_a_tensorrt_llm_without_the_engine_builder_says_what_to_use(monkeypatch) -> None:
+    # TensorRT-LLM removed trtllm-build upstream: its absence is refused with the way forward.
+    monkeypatch.setattr(engine, "llm_api_unavailable", lambda: None)
+    monkeypatch.setattr(engine, "has_engine_builder", lambda: False)
+    reason = engine.unavailable_reason()
+    assert reason is not None
+    assert "no engine builder" in reason and "engine.backend: pytorch" in reason
+    monkeypatch.setattr(engine, "has_engine_builder", lambda: True)
+    assert engine.unavailable_reason() is None
 
 
 def test_fallback_prints_why_and_builds_nothing(tmp_path: Path, monkeypatch) -> None:

@@ -1,4 +1,4 @@
-"""Which runtime serves a Plan, the CPU repository's config, and the command that serves it."""
+"""Which runtime serves a Plan, the repository written for it, and the command that serves it."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _engines(publish: Path) -> None:
 
 
 def test_runtime_per_backend(publish: Path, monkeypatch) -> None:
-    monkeypatch.setattr(repository, "unavailable_reason", lambda: "no GPU here")
+    monkeypatch.setattr(repository, "llm_api_unavailable", lambda: "no GPU here")
     out = io.StringIO()
     assert choose_runtime(make_plan(backend="none"), publish) == "python"
     assert choose_runtime(make_plan(backend="pytorch"), publish) == "tensorrtllm-pytorch"
@@ -47,23 +47,31 @@ def test_runtime_per_backend(publish: Path, monkeypatch) -> None:
     assert choose_runtime(make_plan(), publish) == "tensorrtllm-engine"
 
 
-def test_write_repository_replaces_the_old_one(publish: Path) -> None:
+@pytest.mark.parametrize(
+    ("backend", "runtime"), [("none", "python"), ("pytorch", "tensorrtllm-pytorch")]
+)
+def test_every_runtime_serves_the_resources_model_name(
+    publish: Path, backend: str, runtime: str
+) -> None:
     (publish / "triton" / "stale").mkdir(parents=True)
-    runtime = write_repository(make_plan(backend="none", max_batch_size=4), publish)
-    assert runtime == "python"
-    assert sorted(p.name for p in (publish / "triton").iterdir()) == ["model"]
+    plan = make_plan(backend=backend, tensor_parallel=1, serving={"model_name": "assistant"})
+    served = write_repository(plan, publish)
+    assert served.runtime == runtime and served.speculation is None
+    assert sorted(p.name for p in (publish / "triton").iterdir()) == ["assistant"]
     config = text_format.Parse(
-        (publish / "triton" / "model" / "config.pbtxt").read_text(), pb.ModelConfig()
+        (publish / "triton" / "assistant" / "config.pbtxt").read_text(), pb.ModelConfig()
     )
-    params = {k: v.string_value for k, v in config.parameters.items()}
-    assert (config.backend, config.max_batch_size) == ("python", 4)
-    assert params["checkpoint_dir"] == "checkpoint"  # relative: local dir and mount alike
-    assert params["max_tokens"] == "64"
-    inputs = {i.name: i for i in config.input}
-    assert not inputs["text_input"].optional and inputs["max_tokens"].optional
-    assert {o.name for o in config.output} == {"text_output", "num_input_tokens",
-                                               "num_output_tokens"}  # fmt: skip
-    assert (publish / "triton" / "model" / "1" / "model.py").is_file()
+    assert config.name == "assistant"
+
+
+def test_the_engine_runtime_serves_it_too(publish: Path) -> None:
+    _engines(publish)
+    served = write_repository(make_plan(serving={"model_name": "assistant"}), publish)
+    assert served.runtime == "tensorrtllm-engine"
+    front = text_format.Parse(
+        (publish / "triton" / "assistant" / "config.pbtxt").read_text(), pb.ModelConfig()
+    )
+    assert front.name == "assistant" and front.model_transaction_policy.decoupled
 
 
 def test_write_repository_needs_a_checkpoint(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Triton Python-backend model sources that `repository` copies into `<model>/1/model.py`.
+"""The Python models the `kiln` Triton backend runs (`triton_backend/model.py`), by the value of
+the config parameter `kiln_model`.
 
 Each module runs under Triton's Python stub, not as part of Kiln's import tree: it imports
 `triton_python_backend_utils`, which only the stub provides.
@@ -6,12 +7,23 @@ Each module runs under Triton's Python stub, not as part of Kiln's import tree: 
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
+__all__ = ["KILN_MODELS", "model_module"]
 
-__all__ = ["source_path"]
+#: kiln_model -> module under kiln_jobs.serving.models
+KILN_MODELS = {
+    "llm": "llm",
+    "preprocessing": "trtllm_preprocessing",
+    "postprocessing": "trtllm_postprocessing",
+    "bls": "trtllm_bls",
+}
 
 
-def source_path(name: str) -> Path:
-    """The file of the model source `name` (e.g. `cpu_llm`), to copy into a repository."""
-    return Path(str(resources.files(__name__).joinpath(f"{name}.py")))
+def model_module(kind: str) -> str:
+    """The module that implements the Kiln model `kind`.
+
+    Raises:
+        ValueError: No Kiln model has that name.
+    """
+    if kind not in KILN_MODELS:
+        raise ValueError(f"kiln_model {kind!r}: use one of {sorted(KILN_MODELS)}")
+    return f"{__name__}.{KILN_MODELS[kind]}"

@@ -1,35 +1,31 @@
-"""Kiln's `tensorrt_llm_bls` model: the engine ensemble as one Python (BLS) model.
+"""Kiln's front model of the TensorRT-LLM engine repository: the serving contract over the
+engines, as one Python (business-logic scripting) model named `spec.serving.modelName`.
 
-It takes the ensemble's request tensors, calls `preprocessing`, `tensorrt_llm` and
-`postprocessing` with Triton's business-logic-scripting API, and answers `text_output`,
-`cum_log_probs` and `output_log_probs`. Unlike the ensemble it can add logic between the steps
-(here: request validation); it answers once per request (not decoupled). Parameters:
-`tensorrt_llm_model_name`, `preprocessing_model_name`, `postprocessing_model_name`.
+It takes the contract's request tensors, calls `preprocessing`, `tensorrt_llm` and
+`postprocessing` in turn with Triton's BLS API, and answers `text_output`, `finish_reason` and
+the token counts, once per request (decoupled, like every Kiln model: a streaming request gets
+its whole text in one response). Parameters: `default_max_tokens`, `tensorrt_llm_model_name`,
+`preprocessing_model_name`, `postprocessing_model_name`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
+import threading
 from typing import Any
 
-# The stub's embedded interpreter ignores PYTHONPATH; honour it (see cpu_llm.py).
-sys.path[1:1] = [
-    p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
-]
+import numpy as np
+import triton_python_backend_utils as pb_utils
 
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+from kiln_jobs.contract import SAMPLING_PREFIX
 
-# request tensor -> preprocessing input
-_PRE_INPUTS = {
-    "text_input": "QUERY",
-    "max_tokens": "REQUEST_OUTPUT_LEN",
-    "bad_words": "BAD_WORDS_DICT",
-    "stop_words": "STOP_WORDS_DICT",
-    "end_id": "END_ID",
-    "pad_id": "PAD_ID",
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# contract sampling parameter -> (tensorrt_llm input, dtype)
+_SAMPLING = {
+    "top_k": ("runtime_top_k", np.int32),
+    "top_p": ("runtime_top_p", np.float32),
+    "temperature": ("temperature", np.float32),
+    "seed": ("seed", np.uint64),
 }
 # preprocessing output -> tensorrt_llm input
 _PRE_TO_ENGINE = {
@@ -41,16 +37,6 @@ _PRE_TO_ENGINE = {
     "STOP_WORDS_IDS": "stop_words_list",
     "BAD_WORDS_IDS": "bad_words_list",
 }
-# request tensor -> tensorrt_llm input, passed through as given
-_SAMPLING = {
-    "top_k": "runtime_top_k",
-    "top_p": "runtime_top_p",
-    "temperature": "temperature",
-    "repetition_penalty": "repetition_penalty",
-    "seed": "seed",
-    "return_log_probs": "return_log_probs",
-}
-_ENGINE_OUTPUTS = ["output_ids", "sequence_length", "cum_log_probs", "output_log_probs"]
 
 
 def _call(model: str, inputs: list[Any], outputs: list[str]) -> Any:
@@ -66,6 +52,16 @@ def _output(response: Any, name: str) -> np.ndarray:
     return pb_utils.get_output_tensor_by_name(response, name).as_numpy()
 
 
+def _scalar(request: Any, name: str) -> Any:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy().reshape(-1)[0]
+
+
+def _row(value: Any, dtype: Any) -> np.ndarray:
+    """One batch row [1, 1], as the batched inner models take their inputs."""
+    return np.array([[value]], dtype=dtype)
+
+
 class TritonPythonModel:
     """Triton's entry points."""
 
@@ -73,45 +69,66 @@ class TritonPythonModel:
         """Read which models to call."""
         params = json.loads(args["model_config"]).get("parameters", {})
         value = {k: v.get("string_value", "") for k, v in params.items()}
+        self.default_max_tokens = int(value.get("default_max_tokens") or 64)
         self.engine = value.get("tensorrt_llm_model_name") or "tensorrt_llm"
         self.pre = value.get("preprocessing_model_name") or "preprocessing"
         self.post = value.get("postprocessing_model_name") or "postprocessing"
 
-    def _one(self, request: Any) -> Any:
-        stream = pb_utils.get_input_tensor_by_name(request, "stream")
-        if stream is not None and bool(stream.as_numpy().any()):
-            raise ValueError("streaming needs the decoupled BLS model; this one answers once")
-        pre_inputs = []
-        for name, target in _PRE_INPUTS.items():
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is not None:
-                pre_inputs.append(pb_utils.Tensor(target, tensor.as_numpy()))
+    def _pipeline(self, request: Any) -> Any:
+        text = _scalar(request, "text_input")
+        max_tokens = _scalar(request, SAMPLING_PREFIX + "max_tokens")
+        pre_inputs = [
+            pb_utils.Tensor("QUERY", _row(text, np.object_)),
+            pb_utils.Tensor(
+                "REQUEST_OUTPUT_LEN",
+                _row(self.default_max_tokens if max_tokens is None else max_tokens, np.int32),
+            ),
+        ]
+        stop = pb_utils.get_input_tensor_by_name(request, SAMPLING_PREFIX + "stop")
+        if stop is not None:
+            words = stop.as_numpy().reshape(1, -1).astype(np.object_)
+            pre_inputs.append(pb_utils.Tensor("STOP_WORDS_DICT", words))
         pre = _call(self.pre, pre_inputs, list(_PRE_TO_ENGINE))
         engine_inputs = [pb_utils.Tensor(t, _output(pre, s)) for s, t in _PRE_TO_ENGINE.items()]
-        for name, target in _SAMPLING.items():
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is not None:
-                engine_inputs.append(pb_utils.Tensor(target, tensor.as_numpy()))
-        engine = _call(self.engine, engine_inputs, _ENGINE_OUTPUTS)
-        post_inputs = [
-            pb_utils.Tensor("TOKENS_BATCH", _output(engine, "output_ids")),
-            pb_utils.Tensor("SEQUENCE_LENGTH", _output(engine, "sequence_length")),
-        ]
-        post = _call(self.post, post_inputs, ["OUTPUT"])
+        for name, (target, dtype) in _SAMPLING.items():
+            value = _scalar(request, SAMPLING_PREFIX + name)
+            if value is not None:
+                engine_inputs.append(pb_utils.Tensor(target, _row(value, dtype)))
+        engine = _call(self.engine, engine_inputs, ["output_ids", "sequence_length"])
+        lengths = _output(engine, "sequence_length")
+        post = _call(
+            self.post,
+            [
+                pb_utils.Tensor("TOKENS_BATCH", _output(engine, "output_ids")),
+                pb_utils.Tensor("SEQUENCE_LENGTH", lengths),
+            ],
+            ["OUTPUT"],
+        )
+        generated = int(lengths.reshape(-1)[0])
+        requested = int(_output(pre, "REQUEST_OUTPUT_LEN").reshape(-1)[0])
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor("text_output", _output(post, "OUTPUT")),
-                pb_utils.Tensor("cum_log_probs", _output(engine, "cum_log_probs")),
-                pb_utils.Tensor("output_log_probs", _output(engine, "output_log_probs")),
+                pb_utils.Tensor("text_output", _output(post, "OUTPUT").reshape(-1)[:1]),
+                pb_utils.Tensor(
+                    "finish_reason",
+                    np.array([b"length" if generated >= requested else b"stop"], np.object_),
+                ),
+                pb_utils.Tensor(
+                    "num_input_tokens", _output(pre, "REQUEST_INPUT_LEN").reshape(-1)[:1]
+                ),
+                pb_utils.Tensor("num_output_tokens", np.array([generated], dtype=np.int32)),
             ]
         )
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        """Run the pipeline for each request."""
-        responses = []
+    def _serve(self, request: Any) -> None:
+        sender = request.get_response_sender()
+        try:
+            response = self._pipeline(request)
+        except Exception as error:
+            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
+        sender.send(response, flags=_FINAL)
+
+    def execute(self, requests: list[Any]) -> None:
+        """Run the pipeline for each request on its own thread (the BLS calls block)."""
         for request in requests:
-            try:
-                responses.append(self._one(request))
-            except Exception as error:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
-        return responses
+            threading.Thread(target=self._serve, args=(request,), daemon=True).start()

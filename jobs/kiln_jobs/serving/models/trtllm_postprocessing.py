@@ -1,4 +1,4 @@
-"""Kiln's `postprocessing` model of the TensorRT-LLM engine ensemble (Triton Python backend).
+"""Kiln's `postprocessing` model of the TensorRT-LLM engine ensemble (run by the `kiln` backend).
 
 Decodes TOKENS_BATCH [batch, beams, tokens] up to SEQUENCE_LENGTH [batch, beams] into OUTPUT
 [batch, beams]. The engine runs with `exclude_input_in_output`, so the text is the continuation.
@@ -8,17 +8,10 @@ Parameters: `tokenizer_dir`, `skip_special_tokens`.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from typing import Any
 
-# The stub's embedded interpreter ignores PYTHONPATH; honour it (see cpu_llm.py).
-sys.path[1:1] = [
-    p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
-]
-
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+import numpy as np
+import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:

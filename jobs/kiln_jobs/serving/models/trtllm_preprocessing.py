@@ -1,4 +1,4 @@
-"""Kiln's `preprocessing` model of the TensorRT-LLM engine ensemble (Triton Python backend).
+"""Kiln's `preprocessing` model of the TensorRT-LLM engine ensemble (run by the `kiln` backend).
 
 Tokenizes QUERY into INPUT_ID (right-padded with the pad id) and REQUEST_INPUT_LEN, turns
 BAD_WORDS_DICT / STOP_WORDS_DICT into TensorRT-LLM's word-list format ([2, L]: the words' token
@@ -10,17 +10,10 @@ from the request or the tokenizer. Parameters: `tokenizer_dir`, `add_special_tok
 from __future__ import annotations
 
 import json
-import os
-import sys
 from typing import Any
 
-# The stub's embedded interpreter ignores PYTHONPATH; honour it (see cpu_llm.py).
-sys.path[1:1] = [
-    p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path
-]
-
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+import numpy as np
+import triton_python_backend_utils as pb_utils
 
 
 def _rows(request: Any, name: str) -> np.ndarray | None:

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
+from kiln_jobs.contract import EAGLE_DRAFT_LENGTH
 from kiln_jobs.errors import UserError
 from kiln_jobs.plan import DataRef, ModelRef, SpeculativePlan, TrainingPlan
 from kiln_jobs.techniques import speculative
@@ -103,9 +104,7 @@ def test_training_runs_the_planned_steps_with_checkpoints(trained: Trained) -> N
 def test_acceptance_length_is_between_one_and_k_plus_one(trained: Trained) -> None:
     metrics = trained.outcome.metrics
     k = metrics["draft_tokens_per_step"]
-    assert k == (
-        MEDUSA_HEADS if "medusa" in str(trained.workdir) else speculative.EAGLE_DRAFT_TOKENS
-    )
+    assert k == (MEDUSA_HEADS if "medusa" in str(trained.workdir) else EAGLE_DRAFT_LENGTH)
     assert isinstance(k, int)
     assert 1.0 <= float(metrics["acceptance_length"]) <= k + 1
     assert metrics["acceptance_prompts"] == EVAL.samples
