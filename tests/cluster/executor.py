@@ -10,12 +10,17 @@ container's exact ``command`` + ``args`` on this machine, with
   bind-mounted at their ``mountPath`` in a private mount namespace (see ``podns.py``),
 
 then reports the real exit code and termination message (the file at the container's
-``terminationMessagePath``) in the pod's status, as a kubelet does. The container's stdout and
+``terminationMessagePath``) in the pod's status, as a kubelet does. Long-running pods
+(``restartPolicy`` other than ``Never``: a Deployment's) run every container, each in its own
+mount namespace, and report Ready once every readiness probe (``httpGet`` on 127.0.0.1) answers;
+kwok's Stages leave their readiness to the executor. Ports are the host's: no two such pods may
+use the same one. The container's stdout and
 stderr go to a log file in the CRI format (``crilog.py``); a kwok ``Logs`` object named after the
 pod (owned by it, so the garbage collector removes it with the pod) points kwok's kubelet API at
-that file, so ``kubectl logs`` and the ``pods/log`` API serve it. It knows nothing about what
-the pods are for, and runs nothing but those pods' commands. Only ``restartPolicy: Never`` pods
-are run; others are left Running to kwok. Init containers and sidecars are not run.
+that file, so ``kubectl logs`` and the ``pods/log`` API serve it (the first container's, for
+long-running pods). It knows nothing about what the pods are for, and runs nothing but those
+pods' commands, with the stand-ins of GPU-only packages (``tests/standins``) on PYTHONPATH, as
+the job image has the real ones. Init containers are not run.
 
 The same process runs the test-only PV provisioner (``provisioner.py``) for claims of the default
 StorageClass, so operator-created PVCs bind and map to the same directories.
@@ -37,6 +42,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +63,7 @@ __all__ = [
 ]
 
 PODNS = Path(__file__).with_name("podns.py")
+STANDINS = Path(__file__).resolve().parents[1] / "standins"
 #: Every process of a pod carries this in its environment, so that all of them can be found and
 #: stopped together when the pod ends (what a kubelet does with the container's cgroup).
 POD_MARKER = "KILN_TEST_POD_UID"
@@ -340,8 +347,9 @@ class PodRun:
             gid = uid
         return uid, gid
 
-    def spec_for(self, container: Any) -> dict[str, Any]:
-        """The podns.py spec for the container."""
+    def spec_for(self, container: Any, base: Path | None = None) -> dict[str, Any]:
+        """The podns.py spec for the container; its private layers live under ``base``."""
+        base = base or self.dir
         env = self.environment(container)
         argv = [expand_vars(a, env) for a in (container.command or []) + (container.args or [])]
         if not argv:
@@ -357,19 +365,22 @@ class PodRun:
             # Lets the launcher find and stop anything the command leaves running.
             RUN_MARKER: str(self.run_dir),
             POD_MARKER: self.pod.metadata.uid,
+            # The "image" of a local-exec node has TensorRT-LLM, as the job image does: here,
+            # the labelled stand-in.
+            "PYTHONPATH": str(STANDINS),
         }
-        term_file = self.dir / "termination-log"
+        term_file = base / "termination-log"
         term_file.touch()
         term_file.chmod(0o666)
         mounts = self.mounts(container)
         mounts.append({"source": str(term_file), "target": container.termination_message_path
                        or "/dev/termination-log", "read_only": False})  # fmt: skip
         for name in ("root", "upper", "work", "tmp"):
-            (self.dir / name).mkdir(parents=True, exist_ok=True)
-        (self.dir / "tmp").chmod(0o1777)
+            (base / name).mkdir(parents=True, exist_ok=True)
+        (base / "tmp").chmod(0o1777)
         return {
-            "root": str(self.dir / "root"), "upper": str(self.dir / "upper"),
-            "work": str(self.dir / "work"), "tmp": str(self.dir / "tmp"),
+            "root": str(base / "root"), "upper": str(base / "upper"),
+            "work": str(base / "work"), "tmp": str(base / "tmp"),
             "mounts": mounts, "workdir": container.working_dir or "/",
             "argv": argv, "env": base_env | env, "uid": uid, "gid": gid,
         }  # fmt: skip
@@ -519,6 +530,128 @@ class PodRun:
             log.warning("%s: could not report the result: %s", self.key, exc)
 
 
+@dataclass
+class ServicePodRun(PodRun):
+    """A long-running pod (a Deployment's): every container runs, and the pod reports Ready once
+    each container's readiness probe answers, as a kubelet does. A container that exits ends
+    the pod's run (no restarts)."""
+
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def _run(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.started_at = _now()
+        containers = list(self.pod.spec.containers)
+        try:
+            specs = [self._write_spec(c) for c in containers]
+        except Unsupported as exc:
+            log.error("%s: %s", self.key, exc)
+            self._report(128, f"test executor: {exc}", "ContainerCannotRun")
+            return
+        logs = [self.dir / f"{c.name}.log" for c in containers]
+        self._publish_log(containers[0].name, logs[0])
+        for spec, path in zip(specs, logs, strict=True):
+            self.procs.append(self._spawn(spec, CriLog(path)))
+        log.info("%s: running %d containers", self.key, len(self.procs))
+        self._watch(containers, logs)
+
+    def _write_spec(self, container: Any) -> Path:
+        base = self.dir / container.name
+        base.mkdir(parents=True, exist_ok=True)
+        path = base / "spec.json"
+        path.write_text(json.dumps(self.spec_for(container, base)))
+        return path
+
+    def _spawn(self, spec_path: Path, log_file: CriLog) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "SIGKILL", "--",
+             "unshare", "--mount", "--propagation", "private", "--",
+             sys.executable, str(PODNS), str(spec_path)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        for stream, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            assert pipe is not None
+            threading.Thread(
+                target=log_file.relay, args=(stream, pipe.fileno()), daemon=True,
+                name=f"{self.key} {stream}",
+            ).start()  # fmt: skip
+        return proc
+
+    def _watch(self, containers: list[Any], logs: list[Path]) -> None:
+        """Report readiness as the probes change; end when a container exits or on stop."""
+        ready: bool | None = None
+        while not self.stopping.wait(1.0):
+            for container, proc, log_path in zip(containers, self.procs, logs, strict=True):
+                code = proc.poll()
+                if code is not None:
+                    tail = decode(_tail_bytes(log_path, 4096))
+                    self.exit_code = code
+                    log.info("%s: container %s exited %d", self.key, container.name, code)
+                    self._report(code, tail[-FALLBACK_LOG_BYTES:], "Error")
+                    self.stop(grace=5)
+                    return
+            now_ready = all(self._probe(c) for c in containers)
+            if now_ready != ready:
+                self._report_running(containers, now_ready)
+                ready = now_ready
+
+    def _probe(self, container: Any) -> bool:
+        probe = container.readiness_probe
+        if probe is None or probe.http_get is None:
+            return True
+        port = probe.http_get.port
+        if isinstance(port, str) and not port.isdigit():
+            port = next(p.container_port for p in container.ports or [] if p.name == port)
+        url = f"http://127.0.0.1:{port}{probe.http_get.path or '/'}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return 200 <= response.status < 400
+        except OSError:
+            return False
+
+    def _report_running(self, containers: list[Any], ready: bool) -> None:
+        now = _now()
+        state = "True" if ready else "False"
+        body = {
+            "status": {
+                "phase": "Running",
+                "conditions": [
+                    {"type": kind, "status": state, "lastTransitionTime": now}
+                    for kind in ("Ready", "ContainersReady")
+                ],
+                "containerStatuses": [
+                    {"name": c.name, "image": c.image, "ready": ready, "restartCount": 0,
+                     "started": True, "state": {"running": {"startedAt": self.started_at}}}
+                    for c in containers
+                ],
+            }
+        }  # fmt: skip
+        m = self.pod.metadata
+        try:
+            self.core.patch_namespaced_pod_status(
+                m.name, m.namespace, body, _content_type="application/strategic-merge-patch+json"
+            )
+            log.info("%s: %s", self.key, "Ready" if ready else "not ready")
+        except Exception as exc:  # the pod may be gone already
+            log.warning("%s: could not report readiness: %s", self.key, exc)
+
+    def stop(self, grace: float) -> None:
+        """Stop every container (the pod was deleted): SIGTERM, then SIGKILL after ``grace``."""
+        self.stopping.set()
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        kill_processes_with_env(POD_MARKER, self.pod.metadata.uid)
+
+
 class Executor:
     """Polls the API for pods on local-exec nodes; runs each once; stops those deleted."""
 
@@ -529,7 +662,6 @@ class Executor:
         self.label = label
         self.runs: dict[str, PodRun] = {}
         self.threads: list[threading.Thread] = []
-        self.skipped: set[str] = set()
         self.shutdown = threading.Event()
 
     def _local_nodes(self) -> list[str]:
@@ -557,13 +689,8 @@ class Executor:
 
     def _start(self, pod: Any) -> None:
         uid = pod.metadata.uid
-        if pod.spec.restart_policy != "Never":
-            if uid not in self.skipped:
-                log.info("%s/%s: restartPolicy %s, left to kwok", pod.metadata.namespace,
-                         pod.metadata.name, pod.spec.restart_policy)  # fmt: skip
-                self.skipped.add(uid)
-            return
-        run = PodRun(pod, self.core, self.run_dir)
+        service = pod.spec.restart_policy != "Never"
+        run = (ServicePodRun if service else PodRun)(pod, self.core, self.run_dir)
         self.runs[uid] = run
         thread = threading.Thread(target=run.run, name=run.key, daemon=True)
         thread.start()

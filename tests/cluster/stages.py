@@ -69,6 +69,8 @@ _ON_LOCAL_NODE = f'(.spec.nodeName // "") | startswith("{LOCAL_EXEC_NODE_PREFIX}
 _NOT_DELETED = {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"}
 _NOT_LOCAL = {"key": _ON_LOCAL_NODE, "operator": "NotIn", "values": ["true"]}
 _READY_STATUS = '.status.conditions.[] | select( .type == "Ready" ) | .status'
+# A long-running pod the local executor runs: it reports the pod's readiness itself.
+_LOCAL_SERVICE = f'({_ON_LOCAL_NODE}) and (.spec.restartPolicy != "Never")'
 
 
 def _expr(key: str, operator: str, *values: str) -> dict[str, Any]:
@@ -281,13 +283,28 @@ def fate_stages() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _local_service_stage() -> dict[str, Any]:
+    """A long-running pod on a local-exec node starts Running but not Ready: the executor runs
+    its containers and reports Ready when their probes answer."""
+    stage = _stage(
+        "kiln-local-exec-service",
+        [_expr(".status.phase", "In", "Pending"), _expr(_READY_STATUS, "NotIn", "False")],
+        _NEVER_READY,
+    )
+    exprs = stage["spec"]["selector"]["matchExpressions"]
+    exprs.remove(_NOT_LOCAL)
+    exprs.append(_expr(_LOCAL_SERVICE, "In", "true"))
+    return stage
+
+
 def _patched_stock(stock: dict[str, Any]) -> dict[str, Any]:
     stage = copy.deepcopy(stock)
     name = stage["metadata"]["name"]
     exprs = stage["spec"]["selector"]["matchExpressions"]
     if name == "pod-ready":
-        # never-ready pods get their own Stage; everything else runs as usual.
+        # never-ready pods and the executor's long-running pods get their own Stages.
         exprs.append(_expr(_FATE_KEY, "NotIn", "never-ready"))
+        exprs.append(_expr(_LOCAL_SERVICE, "NotIn", "true"))
     elif name == "pod-complete":
         # A fate decides how the pod ends; the executor decides for its own pods.
         exprs.append(_expr(_FATE_KEY, "DoesNotExist"))
@@ -302,7 +319,7 @@ def all_stages(stock_dir: Path) -> list[dict[str, Any]]:
         stock_dir: The copy of kwok's ``kustomize/stage`` directory.
     """
     stock = [yaml.safe_load((stock_dir / rel).read_text()) for rel in STOCK_STAGES]
-    return [_patched_stock(s) for s in stock] + fate_stages()
+    return [_patched_stock(s) for s in stock] + fate_stages() + [_local_service_stage()]
 
 
 def write_kwok_config(stock_dir: Path, path: Path) -> Path:

@@ -3,6 +3,7 @@ end (SmolLM2, FP8, the gate, export, a real tritonserver), from the command line
 
 from __future__ import annotations
 
+import ast
 import subprocess
 from pathlib import Path
 
@@ -43,3 +44,46 @@ def test_make_demo_runs_the_quickstart_end_to_end(tmp_path: Path) -> None:
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"published    {published} (reused)" in again.stdout
+
+    # Served on: the OpenAI client users script against talks to `kiln run --keep-serving`.
+    _openai_client_against_keep_serving(tmp_path / "demo")
+
+
+def _openai_client_against_keep_serving(workdir: Path) -> None:
+    import signal
+
+    import openai
+
+    server = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "kiln"), "run", "-f", str(REPO / "examples/quickstart.yaml"),
+         "--workdir", str(workdir), "--keep-serving"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        seen = []
+        for line in server.stdout:
+            seen.append(line)
+            if line.startswith("openai: "):
+                base_url = line.split(" ", 1)[1].strip()
+                break
+        else:
+            raise AssertionError("".join(seen)[-3000:])
+        client = openai.OpenAI(base_url=base_url, api_key="unused")
+        assert [m.id for m in client.models.list()] == ["model"]
+        completion = client.completions.create(
+            model="model", prompt="The GNU General Public License is", max_tokens=24,
+            temperature=0,
+        )  # fmt: skip
+        # The same greedy text as the report's smoke request (24 tokens, the checkpoint's own).
+        generated = next(line for line in seen if line.strip().startswith("generated"))
+        assert completion.choices[0].text == ast.literal_eval(generated.split(None, 1)[1])
+        chat = client.chat.completions.create(
+            model="model", messages=[{"role": "user", "content": "Name a free software licence."}],
+            max_tokens=16, temperature=0,
+        )  # fmt: skip
+        assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        server.kill()

@@ -198,7 +198,9 @@ def server_env(install: TritonInstall, base: dict[str, str] | None = None) -> di
     path = [str(Path(sys.executable).parent)] + ([env["PATH"]] if env.get("PATH") else [])
     env["PATH"] = os.pathsep.join(path)
     env.pop("PYTHONHOME", None)
-    env["PYTHONPATH"] = os.pathsep.join(_python_path())
+    # What the caller had on PYTHONPATH (packages an image adds) first, then this venv's.
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([*inherited, *_python_path()]))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

@@ -341,7 +341,8 @@ def _serving_rules() -> list[tuple[str, str, str]]:
                 (
                     f"!({backend} == '{runtime.backend}' && "
                     f"self.techniques.exists(t, has(t.speculative) && {drafts}))",
-                    f"{algorithm} drafts with engine.backend {runtime.backend}: {runtime.no_draft}",
+                    f"speculative.algorithm {algorithm} with engine.backend {runtime.backend}: "
+                    f"{runtime.no_draft}",
                     ".techniques",
                 )
             )

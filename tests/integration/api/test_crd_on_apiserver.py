@@ -59,8 +59,10 @@ def test_explain_prints_the_api_docs(kube: Cluster) -> None:
     out = kube.kubectl("explain", "modeloptimization.spec.techniques").stdout
     assert "The optimization stack, applied in order" in out
     ptq = kube.kubectl("explain", "modeloptimization.spec.techniques.ptq.format").stdout
-    assert "nvfp4: Blackwell" in ptq
-    assert "fp8" in ptq and "int4_awq" in ptq
+    # Every format with the generation it needs, from the one table (kiln_jobs.contract).
+    flat = " ".join(ptq.split())
+    assert "nvfp4 (FP4 weights, activations): Blackwell and newer" in flat
+    assert "fp8 (FP8 weights and activations): Ada and newer" in flat and "int4_awq" in flat
 
 
 def test_printer_columns(kube: Cluster, namespace: str) -> None:

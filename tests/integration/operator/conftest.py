@@ -9,6 +9,15 @@ import pytest
 
 from tests.cluster.kube import Cluster
 from tests.integration.operator.harness import MoptWatch, OperatorProcess
+from tests.integration.operator.runner_standin import RunnerStandIn
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runner_standin(kube: Cluster) -> Iterator[RunnerStandIn]:
+    """Publishes for Job pods handed to it (see `runner_standin`), for every operator test."""
+    standin = RunnerStandIn(kube).start()
+    yield standin
+    standin.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ __all__ = [
     "MoptWatch",
     "OperatorProcess",
     "condition",
+    "let_the_runner_finish",
     "mopt",
     "status_of",
     "wait_until",
@@ -31,9 +32,14 @@ KILN = str(REPO_ROOT / ".venv" / "bin" / "kiln")
 
 
 def mopt(name: str, **spec: Any) -> Obj:
-    """A ModelOptimization with a PVC store and the smoke test off unless the spec says."""
+    """A ModelOptimization with a PVC store and the smoke test off unless the spec says; its
+    Job's pod is handed to the stand-in runner (which publishes, then lets it succeed) unless
+    the spec gives the pod labels of its own."""
+    from tests.integration.operator.runner_standin import stand_in_labels
+
     spec.setdefault("techniques", [{"ptq": {"format": "fp8"}}])
     spec.setdefault("artifacts", {"store": "pvc://artifacts/kiln"})
+    spec.setdefault("scheduling", {}).setdefault("podLabels", stand_in_labels())
     serving = spec.setdefault("serving", {})
     serving.setdefault("smokeTest", {"enabled": False})
     return {
@@ -42,6 +48,14 @@ def mopt(name: str, **spec: Any) -> Obj:
         "metadata": {"name": name},
         "spec": spec,
     }
+
+
+def let_the_runner_finish(kube: Cluster, namespace: str, pod: str) -> None:
+    """Hand a held (run-forever) Job pod to the stand-in runner: it publishes what the runner
+    would, then the pod succeeds (see `runner_standin`)."""
+    from tests.integration.operator.runner_standin import RUNNER_LABEL
+
+    kube.kubectl("label", "pod", pod, "-n", namespace, f"{RUNNER_LABEL}=stand-in", "--overwrite")
 
 
 def status_of(kube: Cluster, namespace: str, name: str) -> Obj:

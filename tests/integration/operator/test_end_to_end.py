@@ -1,22 +1,29 @@
-"""The whole product on this machine, nothing simulated but the nodes:
+"""The whole product on this machine, nothing simulated but the nodes and the GPU library:
 
 kubectl apply -f examples/quickstart.yaml → the operator compiles the plan and creates a Job →
 the real scheduler puts it on a (kwok) H100 node → the local executor runs the Job's exact
-command: the real runner loads SmolLM2-135M, quantizes it to FP8 with Model Optimizer, checks the
-perplexity gate and publishes the manifest → the operator rolls out Triton (the real Deployment
-controller; kwok makes the pods Ready) → the smoke inference is answered by a real tritonserver
-serving the published model repository → `kubectl wait --for=condition=Ready` succeeds.
+command: the real runner loads SmolLM2-135M, quantizes it to FP8 with Model Optimizer, checks
+the perplexity gate and publishes the plan's production repository (the LLM API runtime, no
+fallback) → the operator rolls out Triton (the real Deployment controller) → the executor runs
+the Deployment pod's own containers with their own argv: `tritonserver` (here the wheel's, with
+Kiln's backend) serving the published repository through TensorRT-LLM's LLM API (here the
+labelled stand-in, on the published checkpoint), and the OpenAI-compatible sidecar → their
+readiness probes pass → the operator's smoke test is answered → `kubectl wait
+--for=condition=Ready` succeeds, and clients get the checkpoint's own greedy continuation.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kiln_jobs.manifest import Manifest
-from kiln_jobs.serving.tritonserver import Ports, TritonServer, free_ports
+from kiln_jobs.serving.client import generate
+from kiln_jobs.serving.tritonserver import free_ports
 from tests.cluster.kube import REPO_ROOT, Cluster
 from tests.cluster.nodes import LOCAL_EXEC_NODE_SELECTOR, LOCAL_EXEC_TOLERATION
 from tests.integration.operator.harness import (
@@ -32,6 +39,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 QUICKSTART = REPO_ROOT / "examples" / "quickstart.yaml"
 # SmolLM2 on 2 shared CPU cores: loading, a baseline, calibration and the gate take minutes.
 OPTIMIZE_TIMEOUT = 40 * 60
+SERVE_TIMEOUT = 10 * 60
+CONCURRENT = 8
+MAX_TOKENS = 16
+
+
+def _checkpoint_continuation(checkpoint: Path, prompt: str) -> str:
+    from transformers import AutoTokenizer
+
+    from kiln_jobs.serving.checkpoint import load_checkpoint
+    from kiln_jobs.serving.generation import SamplingParams
+    from kiln_jobs.serving.generation import generate as generate_locally
+
+    model = load_checkpoint(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    return generate_locally(model, tokenizer, prompt, SamplingParams(max_tokens=MAX_TOKENS)).text
 
 
 def test_quickstart_from_kubectl_apply_to_a_served_model(
@@ -39,26 +61,37 @@ def test_quickstart_from_kubectl_apply_to_a_served_model(
 ) -> None:
     ns = namespace
     store = kube.create_bound_pvc(ns, "artifacts")
-    http, grpc, metrics = free_ports(3)
+    http, grpc, metrics, openai_port = free_ports(4)
+    local_exec = {
+        "node_selector": json.dumps(LOCAL_EXEC_NODE_SELECTOR),
+        "tolerations": json.dumps([LOCAL_EXEC_TOLERATION]),
+    }
     operator = OperatorProcess(
         kube, tmp_path,
         default_store="pvc://artifacts/kiln",
-        # This cluster has no TensorRT-LLM: serve with Triton's Python backend on PyTorch.
-        engine_fallback="true",
-        # The platform's GPU pool for optimization Jobs is the node the executor runs for real.
-        job_node_selector=json.dumps(LOCAL_EXEC_NODE_SELECTOR),
-        job_tolerations=json.dumps([LOCAL_EXEC_TOLERATION]),
+        # The platform's GPU pools, for optimization and for serving, are the node the executor
+        # runs for real.
+        job_node_selector=local_exec["node_selector"], job_tolerations=local_exec["tolerations"],
+        serving_node_selector=local_exec["node_selector"],
+        serving_tolerations=local_exec["tolerations"],
+        # This machine has no Triton image: the wheel's tritonserver with Kiln's backend.
+        tritonserver=str(REPO_ROOT / ".venv" / "bin" / "kiln-tritonserver"),
         smoke_endpoint=f"http://127.0.0.1:{http}",
         poll_seconds="2",
     ).start()  # fmt: skip
     watch = MoptWatch(kube, ns)
-    triton: TritonServer | None = None
+    quickstart = yaml.safe_load(QUICKSTART.read_text())
+    # The executor's pods share this machine's network: the ports must be free ones.
+    quickstart["spec"]["serving"]["service"] = {
+        "httpPort": http, "grpcPort": grpc, "metricsPort": metrics, "openaiPort": openai_port,
+    }  # fmt: skip
+    name = quickstart["metadata"]["name"]
     try:
-        kube.kubectl("apply", "-n", ns, "-f", str(QUICKSTART))
+        kube.apply(quickstart, namespace=ns)
 
         def optimized() -> dict | None:
             assert operator.alive(), operator.log()[-4000:]
-            obj = status_of(kube, ns, "smollm2-fp8")
+            obj = status_of(kube, ns, name)
             if condition(obj, "Stalled").get("status") == "True":
                 raise AssertionError(f"stalled: {condition(obj, 'Stalled')}")
             return obj if condition(obj, "Optimized").get("status") == "True" else None
@@ -80,30 +113,64 @@ def test_quickstart_from_kubectl_apply_to_a_served_model(
         assert 10 < metrics_["baselinePerplexity"] < 100
         assert metrics_["degradationPercent"] < 5
         assert status["checkpoint"]["quantAlgo"] == "FP8"
+        # The production runtime, not a CPU fallback.
+        assert status["servingRuntime"] == "tensorrtllm-pytorch"
 
-        # The manifest is in the store, with digests of every file.
+        # The manifest is in the store, with digests of every file; no code is published.
         published = store / "kiln" / status["planHash"]
         manifest = Manifest.model_validate_json((published / "manifest.json").read_text())
         assert manifest.plan_hash == status["planHash"]
+        assert manifest.serving_runtime == "tensorrtllm-pytorch"
         assert any(f.path.startswith("checkpoint/") for f in manifest.files)
         assert all(len(f.sha256) == 64 for f in manifest.files)
+        assert not [f.path for f in manifest.files if f.path.endswith(".py")]
 
-        # The Service's stand-in: a real Triton serving the published repository.
-        triton = TritonServer(
-            published / "triton", ports=Ports(http, grpc, metrics), log_path=tmp_path / "triton.log"
-        ).start()
-        kube.wait_for("mopt/smollm2-fp8", ns, condition="Ready", timeout=300)
-        obj = status_of(kube, ns, "smollm2-fp8")
-        assert obj["status"]["phase"] == "Ready"
+        kube.wait_for(f"mopt/{name}", ns, condition="Ready", timeout=SERVE_TIMEOUT)
+        obj = status_of(kube, ns, name)
+        status = obj["status"]
+        assert status["phase"] == "Ready"
         assert condition(obj, "SmokeTested")["status"] == "True"
         assert "GNU General Public License" in condition(obj, "SmokeTested")["message"]
-        assert obj["status"]["endpoint"].startswith("http://smollm2-fp8-triton.")
-        deployment = kube.get("deployment", "smollm2-fp8-triton", ns)
+        model = quickstart["spec"].get("serving", {}).get("modelName", "model")
+        assert status["endpoints"]["model"] == model
+        assert status["endpoints"]["openai"].endswith(f":{openai_port}/v1")
+        deployment = kube.get("deployment", f"{name}-triton", ns)
         assert deployment["metadata"]["labels"]["kiln.dev/quant-algo"] == "FP8"
+        triton, sidecar = deployment["spec"]["template"]["spec"]["containers"]
+        assert "--model-repository=/kiln/model/triton" in triton["args"]
+        assert sidecar["name"] == "openai"
+        serving_pods = kube.pods(ns, "app.kubernetes.io/component=serving")
+        assert [p["spec"]["nodeName"] for p in serving_pods] == [local_exec_node]
+
+        # Clients of both endpoints get the checkpoint's own greedy continuation.
+        prompt = quickstart["spec"]["serving"]["smokeTest"]["prompt"]
+        expected = _checkpoint_continuation(published / "checkpoint", prompt)
+
+        def ask_triton(_: int) -> str:
+            url = f"127.0.0.1:{http}"
+            return generate(url, model, prompt, max_tokens=MAX_TOKENS).text
+
+        import openai
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{openai_port}/v1", api_key="unused")
+
+        def ask_openai(_: int) -> str:
+            reply = client.completions.create(
+                model=model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0
+            )
+            return reply.choices[0].text
+
+        with ThreadPoolExecutor(CONCURRENT) as pool:
+            assert list(pool.map(ask_triton, range(CONCURRENT))) == [expected] * CONCURRENT
+            assert list(pool.map(ask_openai, range(CONCURRENT))) == [expected] * CONCURRENT
+        streamed = generate(
+            f"127.0.0.1:{grpc}", model, prompt, max_tokens=MAX_TOKENS, streaming=True,
+            protocol="grpc",
+        )  # fmt: skip
+        assert streamed.text == expected and len([c for c in streamed.chunks if c]) > 1
     finally:
-        if triton is not None:
-            triton.stop()
         history = watch.close()
+        kube.kubectl("delete", "mopt", name, "-n", ns, "--wait=false", check=False)
         operator.stop()
         print(operator.log()[-6000:])
     known = {"Pending", "Queued", "Optimizing", "Deploying", "Ready", "Failed"}

@@ -14,6 +14,7 @@ from tests.integration.operator.harness import (
     MoptWatch,
     OperatorProcess,
     condition,
+    let_the_runner_finish,
     mopt,
     status_of,
     wait_until,
@@ -61,7 +62,7 @@ def test_kueue_holds_a_resource_until_quota_frees(
 
         # The first finishes; Kueue admits the second by itself.
         pod = kube.pods(ns, "kiln.dev/model-optimization=hog,app.kubernetes.io/component=optimize")
-        kube.set_fate(ns, pod[0]["metadata"]["name"], "succeed")
+        let_the_runner_finish(kube, ns, pod[0]["metadata"]["name"])
         wait_until(
             "the second to be Ready",
             lambda: condition(status_of(kube, ns, "waiter"), "Ready").get("status") == "True",

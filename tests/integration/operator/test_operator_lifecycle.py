@@ -18,6 +18,7 @@ from tests.integration.operator.harness import (
     JOB_IMAGE,
     OperatorProcess,
     condition,
+    let_the_runner_finish,
     mopt,
     status_of,
     wait_until,
@@ -215,7 +216,7 @@ def test_preempted_pod_is_retried_without_counting(
             and p["status"].get("phase") == "Running"
         ],
     )
-    kube.set_fate(ns, second[0]["metadata"]["name"], "succeed")
+    let_the_runner_finish(kube, ns, second[0]["metadata"]["name"])
     _wait_phase(kube, ns, "preempted", "Ready", operator)
 
 

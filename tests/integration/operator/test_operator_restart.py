@@ -12,6 +12,7 @@ from tests.integration.operator.harness import (
     MoptWatch,
     OperatorProcess,
     condition,
+    let_the_runner_finish,
     mopt,
     status_of,
     wait_until,
@@ -51,7 +52,7 @@ def test_killed_and_restarted_operator_converges_without_duplicates(
         assert _count(kube, "jobs", ns) == 1
         assert _count(kube, "configmaps", ns) == 2  # the plan + kube-root-ca.crt
         pod = json.loads(kube.kubectl("get", "pods", "-n", ns, "-o", "json").stdout)["items"][0]
-        kube.set_fate(ns, pod["metadata"]["name"], "succeed")
+        let_the_runner_finish(kube, ns, pod["metadata"]["name"])
         operator.kill()
         operator.start()
         obj = wait_until(

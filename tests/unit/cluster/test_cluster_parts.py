@@ -86,6 +86,16 @@ def test_stock_pod_stages_leave_fated_and_local_pods_alone(tmp_path: Path) -> No
             "values": ["never-ready"]} in ready  # fmt: skip
 
 
+def test_long_running_local_pods_are_left_to_the_executor_for_readiness() -> None:
+    stage = stages._local_service_stage()
+    exprs = stage["spec"]["selector"]["matchExpressions"]
+    assert {"key": stages._LOCAL_SERVICE, "operator": "In", "values": ["true"]} in exprs
+    assert 'status: "False"' in stage["spec"]["next"]["statusTemplate"]  # not Ready
+    stock = yaml.safe_load("metadata: {name: pod-ready}\nspec: {selector: {matchExpressions: []}}")
+    ready = stages._patched_stock(stock)["spec"]["selector"]["matchExpressions"]
+    assert {"key": stages._LOCAL_SERVICE, "operator": "NotIn", "values": ["true"]} in ready
+
+
 def test_every_fate_has_a_stage_and_none_touches_local_pods() -> None:
     fate_key = f'.metadata.labels["{stages.FATE_LABEL}"]'
     covered = set()
