@@ -3,7 +3,10 @@
     python -m kiln_jobs run --plan plan.json --workdir DIR \\
         [--progress-file FILE] [--termination-log /dev/termination-log]
     python -m kiln_jobs plan-hash --plan plan.json
-    python -m kiln_jobs fetch --store URI --plan-hash H --dest DIR   (Triton's init container)
+    python -m kiln_jobs fetch --store URI --plan-hash H --dest DIR [--manifest-sha256 D]
+                                                             (Triton's init container, S3)
+    python -m kiln_jobs verify --dir DIR --plan-hash H [--manifest-sha256 D]
+                                                             (Triton's init container, PVC)
     python -m kiln_jobs delete --store URI --plan-hash H             (retention: delete)
     python -m kiln_jobs openai --triton HOST:PORT --model NAME --tokenizer DIR  (beside Triton)
 
@@ -50,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ExitCode.OK
         if args.command == "fetch":
             return _fetch(args)
+        if args.command == "verify":
+            return _verify(args)
         if args.command == "delete":
             return _delete(args)
         if args.command == "openai":
@@ -79,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--store", required=True, help="the artifact store URI")
     fetch.add_argument("--plan-hash", required=True, help="which published plan")
     fetch.add_argument("--dest", type=Path, required=True, help="directory to fill")
+    fetch.add_argument("--manifest-sha256", help="the manifest recorded when it was published")
+    verify = commands.add_parser(
+        "verify", help="check a published plan directory before it is served"
+    )
+    verify.add_argument("--dir", type=Path, required=True, help="the plan-hash directory")
+    verify.add_argument("--plan-hash", required=True, help="which published plan")
+    verify.add_argument("--manifest-sha256", help="the manifest recorded when it was published")
     delete = commands.add_parser("delete", help="unpublish a plan and delete its artifacts")
     delete.add_argument("--store", required=True, help="the artifact store URI")
     delete.add_argument("--plan-hash", required=True, help="which published plan")
@@ -137,13 +149,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from kiln_jobs.publish import open_store
+    from kiln_jobs.publish import open_store, verify_published
 
     store = open_store(args.store, args.dest / ".kiln-staging")
     manifest = store.fetch(args.plan_hash, args.dest)
+    verify_published(args.dest, args.plan_hash, args.manifest_sha256)
     log.info(
         "fetched %s/%s: %d files, digests checked", args.store, args.plan_hash, len(manifest.files)
     )
+    return ExitCode.OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from kiln_jobs.publish import verify_published
+
+    manifest = verify_published(args.dir, args.plan_hash, args.manifest_sha256)
+    log.info("verified %s: %d files match their digests", args.dir, len(manifest.files))
     return ExitCode.OK
 
 

@@ -7,9 +7,10 @@ compact `JobResult` that fits Kubernetes' 4 KiB limit.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kiln_jobs.contract import Runtime
 from kiln_jobs.plan import Plan
@@ -44,8 +45,22 @@ class FileDigest(_Model):
     """One published file, relative to the plan-hash directory."""
 
     path: str
-    sha256: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, path: str) -> str:
+        """A relative path that stays inside the plan directory (a reader writes it there)."""
+        parts = path.split("/")
+        if (
+            not path
+            or path.startswith("/")
+            or "\\" in path
+            or any(p in ("", ".", "..") for p in parts)
+        ):
+            raise ValueError(f"{path!r} is not a relative path inside the plan directory")
+        return path
 
 
 class Metrics(_Model):
@@ -139,6 +154,25 @@ class Manifest(_Model):
     speculation: Speculation | None = None
     files: list[FileDigest]
 
+    def text(self) -> str:
+        """manifest.json as written (its sha256 is the manifest digest)."""
+        return self.model_dump_json(indent=2)
+
+    def digest(self) -> str:
+        """sha256 of manifest.json: pins a published plan (status, the Triton pod checks it)."""
+        return hashlib.sha256(self.text().encode()).hexdigest()
+
+    def scope_problem(self, plan_hash: str, scope: str) -> str | None:
+        """Why this manifest is not the plan `plan_hash` of `scope`, or None when it is."""
+        if self.plan_hash != plan_hash or self.plan.hash() != plan_hash:
+            return f"its manifest describes plan {self.plan.hash()}, not {plan_hash}"
+        if self.plan.scope != scope:
+            return (
+                f"it was published for {self.plan.scope} (by {self.plan.metadata.namespace}/"
+                f"{self.plan.metadata.name}), not for {scope}"
+            )
+        return None
+
 
 class Progress(_Model):
     """A progress report: printed as a log line, written to the progress file.
@@ -167,6 +201,8 @@ class JobResult(_Model):
     # How the published plan is served, so the operator starts Triton the right way.
     serving_runtime: Runtime | None = None
     speculation: Speculation | None = None
+    # sha256 of the published manifest.json, so the operator pins what Triton may serve.
+    manifest_digest: str | None = None
 
     def to_termination_message(self) -> str:
         """Compact JSON under Kubernetes' limit; stage details, then attempts, are dropped first

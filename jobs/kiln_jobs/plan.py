@@ -4,10 +4,12 @@ The operator compiles a `ModelOptimization` spec into a Plan, mounts it into the
 the runner executes it; `kiln run` does the same on one machine. Every default is resolved at
 compile time, so a Plan read alone says exactly what will run.
 
-`Plan.hash()` covers the recipe only (model, techniques, evaluation, export, engine, serving,
-target hardware and runtime image). It is the cache key of the published artifacts: two resources
-with the same recipe share `<store>/<hash>/`. Where the work is stored and which resource asked
-for it are not part of the hash.
+`Plan.hash()` covers the recipe (model, techniques, evaluation, export, engine, serving, target
+hardware and runtime image) and the cache scope. It is the cache key of the published artifacts:
+two resources with the same recipe in the same scope share `<store>/<hash>/`. The scope is the
+resource's namespace unless the platform team configured a sharing domain, so one tenant never
+serves what another published (the same `pvc://models/llama` in two namespaces is two models).
+Where the work is stored and which resource asked for it are not part of the hash.
 """
 
 from __future__ import annotations
@@ -227,6 +229,8 @@ class Plan(_Frozen):
     hardware: HardwarePlan = HardwarePlan()
     # The job image (or, for local runs, "local"): it fixes the tool versions.
     runtime: str = "local"
+    # Who may share the published artifacts: a namespace, a platform sharing domain, "local".
+    scope: str = "local"
     output: OutputPlan
 
     def recipe(self) -> dict[str, object]:

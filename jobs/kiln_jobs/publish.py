@@ -35,7 +35,15 @@ from kiln_jobs.manifest import MANIFEST_FILE, FileDigest, Manifest
 from kiln_jobs.sources import s3
 from kiln_jobs.sources.uri import local_path, parse_uri
 
-__all__ = ["DirectoryStore", "ObjectStore", "Published", "Store", "digest_files", "open_store"]
+__all__ = [
+    "DirectoryStore",
+    "ObjectStore",
+    "Published",
+    "Store",
+    "digest_files",
+    "open_store",
+    "verify_published",
+]
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +176,7 @@ class DirectoryStore:
         published = self._published(plan_hash)
         source = self.root / plan_hash
         for entry in published.manifest.files:
-            _copy_checked(source / entry.path, dest / entry.path, entry)
+            _copy_checked(source / entry.path, _target(dest, entry), entry)
         _write_manifest(dest, published.manifest)
         return published.manifest
 
@@ -245,7 +253,7 @@ class ObjectStore:
             raise SourceNotFound(f"{self.uri}/{plan_hash} is not published (no manifest.json)")
         where = f"{self.uri}/{plan_hash}"
         for entry in published.manifest.files:
-            target = dest / entry.path
+            target = _target(dest, entry)
             s3.download_file(self.store, self._key(plan_hash, entry.path), target, what=where)
             _check_digest(target, entry)
         _write_manifest(dest, published.manifest)
@@ -263,12 +271,56 @@ class ObjectStore:
         return True
 
 
+def verify_published(directory: Path, plan_hash: str, manifest_sha256: str | None) -> Manifest:
+    """Check a published plan directory before it is served: the manifest is the one pinned
+    (`manifest_sha256`, when known) and describes `plan_hash`, every file it lists has its
+    digest, and nothing else is there.
+
+    Raises:
+        UserError: Anything does not match (nothing may be served from it).
+    """
+    raw = _read(directory / MANIFEST_FILE)
+    if raw is None:
+        raise UserError(f"{directory} holds no {MANIFEST_FILE}: nothing is published there")
+    digest = hashlib.sha256(raw).hexdigest()
+    if manifest_sha256 and digest != manifest_sha256:
+        raise UserError(
+            f"{directory}/{MANIFEST_FILE} has sha256 {digest}, not the {manifest_sha256} "
+            "recorded when the plan was published: the store was changed since"
+        )
+    manifest = _parse_manifest(raw, str(directory))
+    assert manifest is not None  # raw was read
+    if manifest.plan_hash != plan_hash or manifest.plan.hash() != plan_hash:
+        raise UserError(f"{directory}/{MANIFEST_FILE} does not describe plan {plan_hash}")
+    listed = {entry.path for entry in manifest.files} | {MANIFEST_FILE}
+    extra = sorted(
+        path.relative_to(directory).as_posix()
+        for path in directory.rglob("*")
+        if path.is_file() and path.relative_to(directory).as_posix() not in listed
+    )
+    if extra:
+        raise UserError(f"{directory} holds files the manifest does not list: {extra[:5]}")
+    for entry in manifest.files:
+        _check_digest(_target(directory, entry), entry)
+    return manifest
+
+
 def _check_digest(path: Path, entry: FileDigest) -> None:
+    if not path.is_file():
+        raise UserError(f"{entry.path}: listed in the manifest but missing, so it is not served")
     if sha256_file(path) != entry.sha256:
         raise UserError(
             f"{entry.path}: its sha256 does not match the manifest; the published plan was "
             "changed after publishing, so it is not served"
         )
+
+
+def _target(dest: Path, entry: FileDigest) -> Path:
+    """Where a manifest entry goes under `dest`; never outside it (the manifest is input)."""
+    target = (dest / entry.path).resolve()
+    if not target.is_relative_to(dest.resolve()):
+        raise UserError(f"{entry.path}: the manifest names a file outside the plan directory")
+    return target
 
 
 def _copy_checked(source: Path, target: Path, entry: FileDigest) -> None:
@@ -299,7 +351,7 @@ def _parse_manifest(data: bytes | None, where: str) -> Manifest | None:
 def _write_manifest(directory: Path, manifest: Manifest) -> None:
     path = directory / MANIFEST_FILE
     with path.open("w") as f:
-        f.write(manifest.model_dump_json(indent=2))
+        f.write(manifest.text())
         f.flush()
         os.fsync(f.fileno())
 

@@ -48,6 +48,7 @@ from kiln_jobs.errors import (
     KilnJobError,
     ResourceExhausted,
     UnsupportedHardware,
+    UserError,
 )
 from kiln_jobs.evaluate import evaluation_tokens, perplexity
 from kiln_jobs.export import export_hf, export_tensorrt_llm
@@ -100,6 +101,7 @@ class RunResult:
             attempts=self.manifest.attempts,
             serving_runtime=self.manifest.serving_runtime,
             speculation=self.manifest.speculation,
+            manifest_digest=self.manifest.digest(),
         )
 
 
@@ -215,6 +217,12 @@ class Run:
             store = open_store(self.plan.output.store, self.workdir)
             existing = store.existing(self.plan_hash)
             if existing is not None:
+                problem = existing.manifest.scope_problem(self.plan_hash, self.plan.scope)
+                if problem is not None:
+                    raise UserError(
+                        f"{existing.uri} is not this plan's to reuse: {problem}; use a store of "
+                        "your own (artifacts.store)"
+                    )
                 progress(100.0, f"already published at {existing.uri}")
                 log.info("%s is already published; nothing to do", existing.uri)
                 return RunResult(existing.manifest, existing.uri, existing.directory, reused=True)

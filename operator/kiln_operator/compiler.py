@@ -65,6 +65,8 @@ class CompileOptions:
     default_store: str | None = None
     # Serve with Triton's Python backend when TensorRT-LLM is missing; None: local runs only.
     engine_fallback: bool | None = None
+    # Namespaces that share published plans; None: each namespace is its own cache scope.
+    sharing_domain: str | None = None
 
 
 class Defaults:
@@ -129,8 +131,18 @@ def compile_plan(
         ),
         hardware=HardwarePlan(gpu_product=spec.resources.gpu_product, gpus=spec.resources.gpus),
         runtime=options.runtime,
+        scope=_scope(namespace, options),
         output=OutputPlan(store=_store(spec, options)),
     )
+
+
+def _scope(namespace: str | None, options: CompileOptions) -> str:
+    """Who may reuse what this plan publishes (part of the plan hash)."""
+    if options.target == "local":
+        return "local"
+    if options.sharing_domain:
+        return f"domain:{options.sharing_domain}"
+    return f"namespace:{namespace or 'default'}"
 
 
 def _check_target(spec: ModelOptimizationSpec, options: CompileOptions) -> None:

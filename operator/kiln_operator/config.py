@@ -32,6 +32,10 @@ class OperatorConfig(BaseModel):
     tritonserver: str = "tritonserver"
     """The tritonserver binary in the Triton image."""
     default_store: str | None = None
+    sharing_domain: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Let every namespace of this installation reuse each other's published plans (a name for
+    that domain). Unset (the default), a plan is reused only within its own namespace: one
+    tenant never serves another's artifacts, even with the same recipe and store."""
     """Artifact store for resources that name none (pvc://claim/prefix or s3://bucket/prefix)."""
     store_mounts: dict[str, str] = Field(default_factory=dict)
     """Store URI prefixes the operator can read directly, mapped to local paths (e.g. the

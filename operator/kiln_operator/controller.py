@@ -21,7 +21,7 @@ from kiln_operator.builders.cleanup import build_cleanup_job
 from kiln_operator.conditions import now_rfc3339
 from kiln_operator.config import OperatorConfig
 from kiln_operator.jobstate import view_job
-from kiln_operator.kube import KubeApi, namespace_terminating
+from kiln_operator.kube import ChildRejected, KubeApi, namespace_terminating
 from kiln_operator.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, PhaseClock
 from kiln_operator.reconcile import (
     Decision,
@@ -29,6 +29,7 @@ from kiln_operator.reconcile import (
     Prepared,
     decide,
     decide_invalid,
+    decide_rejected,
     prepare,
 )
 from kiln_operator.retention import plan_cleanup
@@ -69,7 +70,13 @@ class Reconciler:
             started = time.monotonic()
             try:
                 decision = self._decide(body)
-                self.api.execute(decision, body)
+                try:
+                    self.api.execute(decision, body)
+                except ChildRejected as rejected:
+                    decision = decide_rejected(body, decision, rejected.message, now_rfc3339())
+                    self.api.patch_status(body, decision.status)
+                    for event in decision.events:
+                        self.api.post_event(body, event)
             except ApiException as error:
                 if namespace_terminating(error):
                     # Its namespace is going, and the resource with it: nothing left to converge.

@@ -22,6 +22,7 @@ from kiln_operator.api import (
     SHORT_NAME,
     SINGULAR,
     VERSION,
+    ModelOptimization,
     ModelOptimizationSpec,
     ModelOptimizationStatus,
 )
@@ -153,8 +154,8 @@ def crd() -> dict[str, Any]:
         "description": (
             "ModelOptimization optimizes a model with NVIDIA Model Optimizer (quantization, "
             "QAT, QAD, speculative decoding, pruning + distillation), checks its accuracy "
-            "against the original, builds TensorRT-LLM engines and serves it with Triton "
-            "Inference Server."
+            "against the original and serves it with Triton Inference Server (TensorRT-LLM's "
+            "LLM API) and an OpenAI-compatible endpoint."
         ),
         "required": ["spec"],
         "properties": {
@@ -165,6 +166,10 @@ def crd() -> dict[str, Any]:
             "status": status_schema,
         },
     }
+    # Rules on the resource as a whole (they may read metadata.name).
+    extra = ModelOptimization.model_config.get("json_schema_extra") or {}
+    if isinstance(extra, dict) and extra.get("x-kubernetes-validations"):
+        root["x-kubernetes-validations"] = extra["x-kubernetes-validations"]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -7,6 +7,7 @@ spec patches exactly the fields Kiln owns. Jobs are never patched: Kueue owns `s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -33,7 +34,7 @@ from kiln_operator.naming import (
 from kiln_operator.reconcile import Decision, Event, Observed, Prepared
 from kiln_operator.store import find_published
 
-__all__ = ["KubeApi", "load_kube_config", "merge_patched", "namespace_terminating"]
+__all__ = ["ChildRejected", "KubeApi", "load_kube_config", "merge_patched", "namespace_terminating"]
 
 Obj = dict[str, Any]
 FIELD_MANAGER = "kiln-operator"
@@ -84,6 +85,23 @@ def merge_patched(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patched(result.get(key), value)
     return result
+
+
+class ChildRejected(Exception):
+    """The API server refused to create or change a child: retrying the same request cannot
+    succeed, the user must change the spec."""
+
+    def __init__(self, kind: str, name: str, error: ApiException) -> None:
+        detail = error.reason or ""
+        with contextlib.suppress(ValueError):
+            detail = json.loads(error.body or "{}").get("message") or detail
+        super().__init__(f"the API server refused {kind} {name}: {detail}")
+        self.message = str(self)
+
+
+def _rejection(error: ApiException) -> bool:
+    """A 4xx a retry cannot fix (not a conflict, throttling or a namespace going away)."""
+    return error.status in (400, 403, 422) and not namespace_terminating(error)
 
 
 class KubeApi:
@@ -138,8 +156,9 @@ class KubeApi:
         plan_hash = prepared.plan_hash
         observed = Observed()
         observed.published = find_published(
-            prepared.plan.output.store, plan_hash, cfg.store_mounts, namespace
-        )
+            prepared.plan.output.store, plan_hash, cfg.store_mounts, namespace,
+            prepared.plan.scope,
+        )  # fmt: skip
         observed.job = self._get("Job", namespace, job_name(name, plan_hash))
         if observed.job is not None:
             observed.job_pods = self._job_pods(namespace, observed.job)
@@ -229,13 +248,20 @@ class KubeApi:
     def execute(self, decision: Decision, body: Obj) -> None:
         """Apply a Decision: children first, then status, then events."""
         namespace = body["metadata"]["namespace"]
-        for obj in decision.secrets:
+        writes: list[tuple[Obj, Any]] = [
             # Generated here, once: the key is random and never read back by the operator.
-            self._create({**obj, "stringData": {"admin-key": secrets.token_urlsafe(32)}}, namespace)
-        for obj in decision.create:
-            self._create(obj, namespace)
-        for obj in decision.apply:
-            self._apply(obj, namespace)
+            ({**obj, "stringData": {"admin-key": secrets.token_urlsafe(32)}}, self._create)
+            for obj in decision.secrets
+        ]
+        writes += [(obj, self._create) for obj in decision.create]
+        writes += [(obj, self._apply) for obj in decision.apply]
+        for obj, write in writes:
+            try:
+                write(obj, namespace)
+            except ApiException as error:
+                if _rejection(error):
+                    raise ChildRejected(obj["kind"], obj["metadata"]["name"], error) from error
+                raise
         for kind, name in decision.delete:
             self._delete(kind, namespace, name)
         self.patch_status(body, decision.status)

@@ -51,6 +51,7 @@ class Published:
             attempts=tuple(result.attempts),
             serving_runtime=result.serving_runtime,
             speculation=result.speculation,
+            manifest_digest=result.manifest_digest,
         )
 
     @classmethod

@@ -63,10 +63,13 @@ __all__ = [
     "SmokeResult",
     "decide",
     "decide_invalid",
+    "decide_rejected",
     "prepare",
 ]
 
 Obj = dict[str, Any]
+# Optimized=False while the current plan's Job has not published (not a failure: no Event).
+_IN_PROGRESS = "NotPublishedYet"
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ def compile_options(config: OperatorConfig) -> CompileOptions:
         runtime=config.job_image,
         default_store=config.default_store,
         engine_fallback=config.engine_fallback,
+        sharing_domain=config.sharing_domain,
     )
 
 
@@ -272,6 +276,8 @@ class _Status:
                 continue
             if kind == STALLED and new["status"] == "False":
                 continue
+            if new["reason"] == _IN_PROGRESS:
+                continue  # the phase change says it
             bad = (kind == STALLED) or new["status"] == "False"
             if kind == READY and new["status"] == "False":
                 continue  # Ready=False mirrors other conditions; their events say why
@@ -287,6 +293,17 @@ def decide_invalid(body: Obj, problems: list[Problem], now: str) -> Decision:
     status = _Status(body, now)
     message = "; ".join(str(p) for p in problems)
     status.stalled("Failed", "InvalidSpec", f"fix the spec: {message}")
+    return Decision(status=status.build(), events=status.events())
+
+
+def decide_rejected(body: Obj, decision: Decision, message: str, now: str) -> Decision:
+    """The API server refused one of the children `decision` wanted: Stalled with its reason,
+    everything else the decision found kept (a retry of the same request cannot succeed)."""
+    status = _Status(body, now)
+    found = {k: v for k, v in decision.status.items() if v is not None and k != "conditions"}
+    status.new = _parse_status(found)
+    status.conditions = list(decision.status.get("conditions") or [])
+    status.stalled("Failed", "ChildRejected", f"{message}; change the spec")
     return Decision(status=status.build(), events=status.events())
 
 
@@ -322,6 +339,14 @@ def _job_in_progress(
     """No artifacts yet: create the Job, or report how it is doing."""
     body, resource, plan = prepared.body, prepared.resource, prepared.plan
     decision = Decision(status={}, requeue_after=config.poll_seconds)
+    # Optimized speaks of the current plan: an earlier plan's True must not make this one count
+    # as published (the Job may still be running).
+    status.condition(
+        OPTIMIZED,
+        "False",
+        _IN_PROGRESS,
+        f"plan {short_hash(prepared.plan_hash)} is not published yet",
+    )
     if observed.missing_claims:
         claims = ", ".join(observed.missing_claims)
         status.working(
@@ -419,6 +444,21 @@ def _unschedulable(pods: list[Obj]) -> str | None:
     return None
 
 
+def _init_failure(pods: list[Obj]) -> str | None:
+    """Why a Triton pod's init container (the model's check or fetch) failed, if one did: the
+    pod cannot start until the user or the platform team acts (a changed store, missing
+    credentials)."""
+    for pod in pods:
+        for init in (pod.get("status") or {}).get("initContainerStatuses") or []:
+            state = init.get("state") or {}
+            ended = state.get("terminated") or (init.get("lastState") or {}).get("terminated")
+            if ended and ended.get("exitCode"):
+                detail = (ended.get("message") or "").strip().splitlines()
+                last = detail[-1] if detail else f"exit code {ended['exitCode']}"
+                return f"init container {init.get('name')} failed: {last}"
+    return None
+
+
 def _serve(
     status: _Status,
     prepared: Prepared,
@@ -436,6 +476,7 @@ def _serve(
     deployment = build_deployment(
         resource, prepared.plan, checkpoint=published.checkpoint,
         runtime=published.serving_runtime or status.previous.serving_runtime, config=config,
+        manifest_digest=published.manifest_digest or status.previous.manifest_digest,
     )  # fmt: skip
     decision.apply.append(_owned(deployment, body))
     pdb = build_pdb(resource)
@@ -451,6 +492,13 @@ def _serve(
         return decision
     done, message = _rollout(observed.deployment, plan_hash, serving.replicas)
     if not done:
+        failed = _init_failure(observed.serving_pods)
+        if failed:
+            message = f"Triton cannot start: {failed}"
+            status.condition(DEPLOYED, "False", "TritonInitFailed", message)
+            status.stalled("Deploying", "TritonInitFailed", message)
+            decision.requeue_after = config.poll_seconds
+            return decision
         waiting = _unschedulable(observed.serving_pods)
         if waiting:
             message = f"{message}; Triton cannot be scheduled: {waiting}"

@@ -40,9 +40,10 @@ def local_plan_dir(
 
 
 def find_published(
-    store_uri: str, plan_hash: str, mounts: dict[str, str], namespace: str = ""
+    store_uri: str, plan_hash: str, mounts: dict[str, str], namespace: str = "", scope: str = ""
 ) -> Published | None:
-    """The published plan, when its manifest is visible and names this plan."""
+    """The published plan, when its manifest is visible, describes this plan and was published
+    for this plan's cache scope (another scope's manifest is not served, whatever it says)."""
     directory = local_plan_dir(store_uri, plan_hash, mounts, namespace)
     if directory is None:
         return None
@@ -52,7 +53,7 @@ def find_published(
         manifest = Manifest.model_validate_json(raw)
     except (OSError, ValidationError):
         return None
-    if manifest.plan_hash != plan_hash:
+    if manifest.scope_problem(plan_hash, scope or manifest.plan.scope) is not None:
         return None
     return Published.from_manifest(manifest, hashlib.sha256(raw).hexdigest())
 

@@ -26,7 +26,7 @@ from kiln_operator.hardware import (
 from kiln_operator.kube import KubeApi
 from kiln_operator.reconcile import Prepared, prepare
 
-__all__ = ["configure_webhook", "register_webhook"]
+__all__ = ["configure_webhook", "needs_review", "register_webhook"]
 
 log = logging.getLogger("kiln.webhook")
 WEBHOOK_ID = "validate.modeloptimizations.kiln.dev"
@@ -127,7 +127,22 @@ def register_webhook(registry: kopf.OperatorRegistry, config: OperatorConfig, ap
     @kopf.on.validate(
         GROUP, VERSION, PLURAL, id="spec", registry=registry, operations=["CREATE", "UPDATE"]
     )
-    def validate(body: kopf.Body, **_: Any) -> None:
+    def validate(body: kopf.Body, **kwargs: Any) -> None:
+        old, operation = kwargs.get("old"), kwargs.get("operation", "")
+        if not needs_review(dict(body), dict(old) if old else None, operation):
+            return
         problems = admission_problems(dict(body), config, api)
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
+
+
+def needs_review(body: dict[str, Any], old: dict[str, Any] | None, operation: str) -> bool:
+    """Whether an admission request changes what Kiln would check.
+
+    Updates that leave the spec alone (finalizers, labels, annotations) and updates to an
+    object being deleted are admitted as they are: the checks read state that changes (the
+    cluster's nodes, the default store), and refusing the finalizer's removal would leave a
+    delete hanging, and its namespace Terminating, forever."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    return not (operation == "UPDATE" and old is not None and old.get("spec") == body.get("spec"))

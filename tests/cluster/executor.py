@@ -20,7 +20,8 @@ pod (owned by it, so the garbage collector removes it with the pod) points kwok'
 that file, so ``kubectl logs`` and the ``pods/log`` API serve it (the first container's, for
 long-running pods). It knows nothing about what the pods are for, and runs nothing but those
 pods' commands, with the stand-ins of GPU-only packages (``tests/standins``) on PYTHONPATH, as
-the job image has the real ones. Init containers are not run.
+the job image has the real ones. Long-running pods run their init containers first, in order;
+a failing one is reported in the pod's status and nothing else starts.
 
 The same process runs the test-only PV provisioner (``provisioner.py``) for claims of the default
 StorageClass, so operator-created PVCs bind and map to the same directories.
@@ -550,10 +551,55 @@ class ServicePodRun(PodRun):
             return
         logs = [self.dir / f"{c.name}.log" for c in containers]
         self._publish_log(containers[0].name, logs[0])
+        for init in self.pod.spec.init_containers or []:
+            if not self._run_init(init):
+                return
         for spec, path in zip(specs, logs, strict=True):
             self.procs.append(self._spawn(spec, CriLog(path)))
         log.info("%s: running %d containers", self.key, len(self.procs))
         self._watch(containers, logs)
+
+    def _run_init(self, container: Any) -> bool:
+        """Run an init container to its end, as a kubelet does before the containers start."""
+        log_path = self.dir / f"{container.name}.log"
+        proc = self._spawn(self._write_spec(container), CriLog(log_path))
+        self.procs.append(proc)
+        while proc.poll() is None:
+            if self.stopping.wait(0.5):
+                return False
+        self.procs.remove(proc)
+        if proc.returncode == 0:
+            return True
+        tail = decode(_tail_bytes(log_path, 4096))[-FALLBACK_LOG_BYTES:]
+        log.info("%s: init container %s exited %d", self.key, container.name, proc.returncode)
+        self._report_init_failure(container, proc.returncode, tail)
+        return False
+
+    def _report_init_failure(self, container: Any, code: int, message: str) -> None:
+        now = _now()
+        terminated = {"exitCode": code, "reason": "Error", "message": message,
+                      "startedAt": self.started_at, "finishedAt": now}  # fmt: skip
+        body = {
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": kind, "status": "False", "reason": "ContainersNotInitialized",
+                     "lastTransitionTime": now}
+                    for kind in ("Initialized", "Ready", "ContainersReady")
+                ],
+                "initContainerStatuses": [
+                    {"name": container.name, "image": container.image, "ready": False,
+                     "restartCount": 0, "state": {"terminated": terminated}}
+                ],
+            }
+        }  # fmt: skip
+        m = self.pod.metadata
+        try:
+            self.core.patch_namespaced_pod_status(
+                m.name, m.namespace, body, _content_type="application/strategic-merge-patch+json"
+            )
+        except Exception as exc:
+            log.warning("%s: could not report the init failure: %s", self.key, exc)
 
     def _write_spec(self, container: Any) -> Path:
         base = self.dir / container.name

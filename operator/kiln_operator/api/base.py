@@ -13,10 +13,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, JsonValue, WithJsonS
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "DNS_1035_LABEL",
     "DNS_LABEL",
     "DNS_SUBDOMAIN",
+    "LABEL_KEY",
+    "LABEL_VALUE",
+    "AnnotationMap",
     "Duration",
     "KilnModel",
+    "LabelMap",
     "Quantity",
     "SecretName",
     "cel_rules",
@@ -25,6 +30,13 @@ __all__ = [
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# What Kubernetes takes as a Service name (and Kiln names the resource's Service after it).
+DNS_1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+#: A label or annotation key: an optional DNS-subdomain prefix and '/', then a name.
+LABEL_KEY = rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}$"
+#: A label value: empty, or a name of at most 63 characters.
+LABEL_VALUE = rf"^({_LABEL_NAME})?$"
 _DURATION = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # Prefixes of well-known credentials, so that a pasted token gets a message about Secrets.
@@ -88,13 +100,71 @@ SecretName = Annotated[
 def _check_duration(value: str) -> str:
     if not value or not re.match(_DURATION, value):
         raise ValueError("must be a duration such as '90m', '6h' or '1h30m'")
+    if not re.search(r"[1-9]", value):
+        raise ValueError(f"{value!r} is no time at all: use a positive duration such as '6h'")
     return value
 
 
 Duration = Annotated[
     str,
     AfterValidator(_check_duration),
-    WithJsonSchema({"type": "string", "minLength": 1, "pattern": _DURATION}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "pattern": _DURATION,
+            "x-kubernetes-validations": [
+                {"rule": "self.matches('[1-9]')", "message": "must be a positive duration"}
+            ],
+        }
+    ),
+]
+
+
+def _check_map(values: dict[str, str], *, check_values: bool) -> dict[str, str]:
+    for key, value in values.items():
+        if len(key) > 316 or not re.match(LABEL_KEY, key):
+            raise ValueError(
+                f"{key!r} is not a valid key: an optional DNS prefix and '/', then up to 63 "
+                "letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+            )
+        if check_values and not re.match(LABEL_VALUE, value):
+            raise ValueError(
+                f"{key}: {value!r} is not a valid label value: up to 63 letters, digits, '-', "
+                "'_' or '.', starting and ending with a letter or digit"
+            )
+    return values
+
+
+def _map_schema(check_values: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {"type": "string"}
+    if check_values:
+        values |= {"maxLength": 63, "pattern": LABEL_VALUE}
+    return {
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": values,
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.all(k, k.size() <= 316 && k.matches(r'{LABEL_KEY}'))",
+                "message": "keys must be label keys: [prefix/]name, name of at most 63 "
+                "letters, digits, '-', '_' or '.'",
+            }
+        ],
+    }
+
+
+#: Labels (or a node selector): label keys and label values, as Kubernetes checks them.
+LabelMap = Annotated[
+    dict[str, str],
+    AfterValidator(lambda v: _check_map(v, check_values=True)),
+    WithJsonSchema(_map_schema(check_values=True)),
+]
+#: Annotations: label-style keys, any values.
+AnnotationMap = Annotated[
+    dict[str, str],
+    AfterValidator(lambda v: _check_map(v, check_values=False)),
+    WithJsonSchema(_map_schema(check_values=False)),
 ]
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kiln_operator.api.base import DNS_SUBDOMAIN, KilnModel
+from kiln_operator.api.base import DNS_1035_LABEL, KilnModel, cel_rules
 from kiln_operator.api.spec import ModelOptimizationSpec
 from kiln_operator.api.status import ModelOptimizationStatus
 
@@ -38,7 +38,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN)
+    name: str = Field(max_length=63, pattern=DNS_1035_LABEL)
     namespace: str | None = Field(default=None, max_length=63)
     generation: int | None = None
     uid: str | None = None
@@ -60,3 +60,12 @@ class ModelOptimization(KilnModel):
     """What to optimize, how, how to judge it, and how to serve it."""
     status: ModelOptimizationStatus | None = None
     """Observed state, written by Kiln."""
+
+    # Kiln names the resource's Service after it and puts the name into label values.
+    model_config = cel_rules(
+        (
+            f"self.metadata.name.size() <= 63 && self.metadata.name.matches('{DNS_1035_LABEL}')",
+            "metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits or '-',"
+            " starting with a letter): Kiln names its Service and labels after it",
+        )
+    )

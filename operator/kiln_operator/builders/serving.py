@@ -47,6 +47,7 @@ Obj = dict[str, Any]
 TRITON_CONTAINER = "triton"
 OPENAI_CONTAINER = "openai"
 # Tokenizing and relaying requests is light, but importing transformers takes a few hundred MB.
+_INIT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 _OPENAI_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 ADMIN_KEY_ENV = "KILN_TRITON_ADMIN_KEY"
 # Triton waits this long for in-flight requests on SIGTERM; the pod's grace period is longer.
@@ -174,28 +175,47 @@ def _triton_command(
 
 
 def _model_volume(
-    resource: ModelOptimization, store_uri: str, plan_hash: str, config: OperatorConfig
+    resource: ModelOptimization,
+    store_uri: str,
+    plan_hash: str,
+    manifest_digest: str | None,
+    config: OperatorConfig,
 ) -> tuple[list[Obj], list[Obj], list[Obj]]:
-    """(volumes, mounts, init containers) that put the published plan at MODEL_MOUNT."""
+    """(volumes, mounts, init containers) that put the published plan at MODEL_MOUNT, checked
+    against its manifest (pinned by `manifest_digest` when known) before Triton starts."""
     store = split_store(store_uri)
     mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+    pin = ["--manifest-sha256", manifest_digest] if manifest_digest else []
+    tmp = {"name": "tmp", "mountPath": "/tmp"}
     if store.scheme == "pvc":
         volume = {
             "name": "model",
             "persistentVolumeClaim": {"claimName": store.root, "readOnly": True},
         }
-        return [volume], [{**mount, "subPath": store.plan_path(plan_hash)}], []
+        mounted = {**mount, "subPath": store.plan_path(plan_hash)}
+        verify = kiln_container(
+            "verify-model",
+            image=config.job_image,
+            command=config.job_command,
+            args=["verify", "--dir", MODEL_MOUNT, "--plan-hash", plan_hash, *pin],
+            mounts=[mounted, tmp],
+            resources=_INIT_RESOURCES,
+            terminationMessagePolicy="FallbackToLogsOnError",
+        )
+        return [volume], [mounted], [verify]
     # s3: copy the published plan into the pod before Triton starts.
     fetch = kiln_container(
         "fetch-model",
         image=config.job_image,
         command=config.job_command,
-        args=["fetch", "--store", store_uri, "--plan-hash", plan_hash, "--dest", MODEL_MOUNT],
-        env_from=store_env_from(resource.spec.artifacts.credentials_secret),
-        mounts=[
-            {"name": "model", "mountPath": MODEL_MOUNT},
-            {"name": "tmp", "mountPath": "/tmp"},
+        args=[
+            *("fetch", "--store", store_uri, "--plan-hash", plan_hash, "--dest", MODEL_MOUNT),
+            *pin,
         ],
+        env_from=store_env_from(resource.spec.artifacts.credentials_secret),
+        mounts=[{"name": "model", "mountPath": MODEL_MOUNT}, tmp],
+        resources=_INIT_RESOURCES,
+        terminationMessagePolicy="FallbackToLogsOnError",
     )
     return [{"name": "model", "emptyDir": {}}], [mount], [fetch]
 
@@ -232,8 +252,10 @@ def build_deployment(
     checkpoint: CheckpointInfo | None,
     runtime: Runtime | None,
     config: OperatorConfig,
+    manifest_digest: str | None = None,
 ) -> Obj:
-    """Triton serving the published `plan` with the runtime its job chose."""
+    """Triton serving the published `plan` with the runtime its job chose; the plan's files are
+    checked against the manifest `manifest_digest` pins before Triton starts."""
     name = resource.metadata.name
     spec = resource.spec
     plan_hash = plan.hash()
@@ -241,7 +263,9 @@ def build_deployment(
     # A job result always names its runtime; an older record may not.
     runtime = runtime or runtime_for(plan.engine.backend)
     command = _triton_command(resource, plan, runtime, config)
-    volumes, mounts, init_containers = _model_volume(resource, store_uri, plan_hash, config)
+    volumes, mounts, init_containers = _model_volume(
+        resource, store_uri, plan_hash, manifest_digest, config
+    )
     scratch, scratch_mounts = scratch_volumes()
     labels = {**child_labels(name, "serving", plan_hash), **_checkpoint_labels(checkpoint)}
     pod_labels = {**(spec.scheduling.pod_labels or {}), **labels}

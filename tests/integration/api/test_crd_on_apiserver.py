@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.cluster.kube import REPO_ROOT, Cluster
+from tests.unit.api.test_bad_specs import BAD_NAMES
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +54,23 @@ def test_api_server_rejects_bad_spec_naming_the_field(
     flattened = re.sub(r"\[\d+\]", "", message)
     assert ".".join(segments[:2]) in flattened, f"{field} not named in: {message}"
     assert segments[-1] in message, f"{field} not named in: {message}"
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_api_server_rejects_a_name_kiln_cannot_use(
+    kube: Cluster, namespace: str, name: str
+) -> None:
+    body = {
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "ModelOptimization",
+        "metadata": {"name": name},
+        "spec": {"techniques": [{"ptq": {"format": "fp8"}}]},
+    }
+    proc = kube.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body), check=False
+    )
+    assert proc.returncode != 0, f"the API server accepted the name {name!r}"
+    assert "metadata.name" in proc.stderr or "metadata.name" in proc.stdout, proc.stderr
 
 
 def test_explain_prints_the_api_docs(kube: Cluster) -> None:

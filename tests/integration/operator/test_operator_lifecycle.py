@@ -4,6 +4,7 @@ garbage collector, with kwok deciding how pods end. No status is patched by hand
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,10 @@ def test_published_plan_is_served_without_a_job(
     body = mopt("cached")
     plan_hash = _plan_hash(body, ns)
     resource = ModelOptimization.model_validate(body)
-    plan = compile_plan(resource.spec, name="cached", options=CompileOptions(runtime=JOB_IMAGE))
+    plan = compile_plan(
+        resource.spec, name="cached", namespace=ns, options=CompileOptions(runtime=JOB_IMAGE)
+    )
+    assert plan.hash() == plan_hash
     manifest = Manifest(
         plan_hash=plan_hash,
         plan=plan,
@@ -142,8 +146,11 @@ def test_spec_changes(kube: Cluster, operator: OperatorProcess, ns: str) -> None
     assert len(_items(kube, "jobs", ns)) == 1
     assert _items(kube, "poddisruptionbudgets", ns)
 
-    # Recipe change: a new plan, a new Job; the old Job is removed.
-    kube.apply(mopt("evolving", techniques=[{"ptq": {"format": "int8_sq"}}]), namespace=ns)
+    # Recipe change: a new plan, a new Job (held running); the old Job is removed.
+    served = kube.get("deployment", deployment_name("evolving"), ns)["spec"]["template"]
+    held = {"podLabels": {FATE: "run-forever"}}
+    body = mopt("evolving", techniques=[{"ptq": {"format": "int8_sq"}}], scheduling=held)
+    kube.apply(body, namespace=ns)
     wait_until(
         "the new plan's Job",
         lambda: (
@@ -152,6 +159,17 @@ def test_spec_changes(kube: Cluster, operator: OperatorProcess, ns: str) -> None
             and status_of(kube, ns, "evolving")["status"]["planHash"] != first
         ),
     )
+    running = _wait_phase(kube, ns, "evolving", "Optimizing", operator)
+    # While the new plan's Job runs: not published, not Ready, Triton untouched.
+    for _ in range(3):
+        obj = status_of(kube, ns, "evolving")
+        assert condition(obj, "Optimized")["status"] == "False", obj["status"]
+        assert condition(obj, "Ready")["status"] == "False"
+        assert obj["status"]["servingPlanHash"] == first
+        assert kube.get("deployment", deployment_name("evolving"), ns)["spec"]["template"] == served
+        time.sleep(1)
+    job_pod = kube.pods(ns, f"job-name={running['status']['jobName']}")[0]
+    let_the_runner_finish(kube, ns, job_pod["metadata"]["name"])
     obj = _wait_phase(kube, ns, "evolving", "Ready", operator)
     assert obj["status"]["techniques"] == "ptq(int8_sq)"
     assert not _items(kube, "poddisruptionbudgets", ns)
@@ -311,3 +329,24 @@ def test_retention_delete_removes_an_unshared_plan_only(
     # The last user going takes them along.
     kube.kubectl("delete", "mopt", "keeper", "-n", ns, "--timeout=60s")
     assert not published.exists()
+
+
+def test_a_child_the_api_server_refuses_ends_stalled_with_its_message(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    # A quota that allows no Service: the Service for Triton is refused (403), every time.
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-services"},
+        "spec": {"hard": {"services": "0"}},
+    }
+    kube.apply(quota, namespace=ns)
+    kube.apply(mopt("refused"), namespace=ns)
+    obj = _wait_phase(kube, ns, "refused", "Failed", operator)
+    stalled = condition(obj, "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "ChildRejected"
+    assert "Service refused-triton" in stalled["message"]
+    assert "exceeded quota" in stalled["message"]
+    events = kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout
+    assert "ChildRejected" in events

@@ -185,3 +185,29 @@ def test_webhook_refuses_tensor_parallelism_beyond_one_node(
         ).returncode
         == 0
     )
+
+
+def test_a_delete_finishes_when_the_checks_would_now_refuse(
+    kube: Cluster, webhook_operator: OperatorProcess, namespace: str
+) -> None:
+    from tests.cluster.nodes import GpuProduct
+
+    # A GPU whose generation only the node labels tell: Hopper, so fp8 is admitted.
+    kube.add_node(
+        "gpu-shifty-0", gpu=GpuProduct("Vendor-Shifty-Card", 81920, "hopper", 9, 0), gpus=2
+    )
+    body = mopt("shifty", resources={"gpuProduct": "Vendor-Shifty-Card"})
+    assert _apply(kube, namespace, body).returncode == 0
+    wait_until(
+        "the operator's finalizer",
+        lambda: kube.get("mopt", "shifty", namespace)["metadata"].get("finalizers"),
+        describe=webhook_operator.log,
+    )
+    # The pool now reports Ampere: the same spec would be refused on CREATE.
+    kube.kubectl("label", "node", "gpu-shifty-0", "nvidia.com/gpu.family=ampere", "--overwrite")
+    assert _apply(kube, namespace, {**body, "metadata": {"name": "shifty-2"}}).returncode != 0
+    # Metadata-only updates and the delete (the finalizer's removal) still go through.
+    kube.kubectl("label", "mopt", "shifty", "-n", namespace, "team=a")
+    proc = kube.kubectl("delete", "mopt", "shifty", "-n", namespace, "--timeout=60s", check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert kube.kubectl("get", "mopt", "shifty", "-n", namespace, check=False).returncode != 0

@@ -40,3 +40,24 @@ def test_bad_spec_is_refused_naming_the_field(path: Path, capsys: pytest.Capture
 def test_bad_spec_is_otherwise_well_formed_yaml(path: Path) -> None:
     document = yaml.safe_load(path.read_text())
     assert document["metadata"]["name"] == "bad"
+
+
+# Names Kiln cannot give its children: a Service name is a DNS-1035 label, a label value at
+# most 63 characters.
+BAD_NAMES = ["a" * 64, "with.dot", "1leading-digit", "Upper", "trailing-"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_name_kiln_cannot_give_its_children_is_refused(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    document = {
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "ModelOptimization",
+        "metadata": {"name": name},
+        "spec": {"techniques": [{"ptq": {"format": "fp8"}}]},
+    }
+    path = tmp_path / "named.yaml"
+    path.write_text(yaml.safe_dump(document))
+    assert kiln(["validate", "-f", str(path)]) == 1
+    assert ": metadata.name: " in capsys.readouterr().out

@@ -49,12 +49,25 @@ def test_hash_ignores_who_asked_and_where_it_is_stored() -> None:
     b = compile_plan(
         spec,
         name="b",
-        namespace="y",
+        namespace="x",
         generation=7,
         options=CompileOptions(default_store="s3://elsewhere/kiln"),
     )
     assert a.hash() == b.hash()
     assert a.metadata != b.metadata
+
+
+def test_each_namespace_is_its_own_cache_scope_unless_the_platform_shares() -> None:
+    spec = _spec()
+    a = compile_plan(spec, name="m", namespace="team-a", options=STORE)
+    b = compile_plan(spec, name="m", namespace="team-b", options=STORE)
+    assert a.hash() != b.hash()  # the same recipe and store: still two tenants' models
+    shared = CompileOptions(default_store="pvc://a", sharing_domain="research")
+    a2 = compile_plan(spec, name="m", namespace="team-a", options=shared)
+    b2 = compile_plan(spec, name="m", namespace="team-b", options=shared)
+    assert a2.hash() == b2.hash() and a2.scope == "domain:research"
+    local = CompileOptions(target="local", default_store="file:///tmp/kiln")
+    assert compile_plan(spec, name="m", options=local).scope == "local"
 
 
 def test_hash_follows_the_recipe() -> None:

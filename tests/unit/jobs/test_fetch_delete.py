@@ -82,3 +82,13 @@ def test_object_store_fetch_and_remove(tmp_path: Path) -> None:
     assert store.remove(plan_hash) and store.existing(plan_hash) is None
     assert list(obstore.list(bucket, "kiln").collect()) == []
     assert not store.remove(plan_hash)
+
+
+@pytest.mark.parametrize("path", ["../outside", "/etc/passwd", "a/../../b", "a//b", "./a", ""])
+def test_a_manifest_cannot_name_a_file_outside_the_plan(path: str) -> None:
+    from pydantic import ValidationError
+
+    from kiln_jobs.manifest import FileDigest
+
+    with pytest.raises(ValidationError, match="inside the plan directory"):
+        FileDigest(path=path, sha256="0" * 64, size_bytes=1)

@@ -444,3 +444,74 @@ def test_rollout_stuck_on_scheduling_says_why(config: OperatorConfig) -> None:
     reconciling = _cond(decision, "Reconciling")
     assert "Triton cannot be scheduled: 0/3 nodes are available" in reconciling["message"]
     assert "preemption" not in reconciling["message"]
+
+
+def test_a_new_plan_is_not_published_while_its_job_runs(config: OperatorConfig) -> None:
+    from kiln_operator.kube import merge_patched
+
+    # Plan H1: published, served, Ready.
+    first = _prepared(config)
+    served = _succeeded(first)
+    served.deployment = _deployment(first)
+    served.smoke = SmokeResult(first.plan_hash, True, "'Hi' → 'there'")
+    ready = decide(first, served, config, NOW)
+    assert ready.status["phase"] == "Ready"
+    # The recipe changes (plan H2) while the status still tells H1's story; H2's Job runs.
+    body = make_body(techniques=[{"ptq": {"format": "int8_sq"}}])
+    body["status"] = merge_patched({}, ready.status)
+    running = Observed(job=job_obj("j"), job_pods=[pod_obj()], deployment=_deployment(first))
+    for _ in range(2):  # the reconcile that writes the new planHash, and the one after it
+        second = prepare(body, config)
+        assert isinstance(second, Prepared) and second.plan_hash != first.plan_hash
+        decision = decide(second, running, config, NOW)
+        assert _cond(decision, "Optimized")["status"] == "False"
+        assert not decision.apply and not decision.smoke  # Triton keeps serving H1, untouched
+        assert _cond(decision, "Ready")["status"] == "False"
+        assert decision.status["phase"] == "Optimizing"
+        assert decision.status["servingPlanHash"] == first.plan_hash
+        body["status"] = merge_patched(body["status"], decision.status)
+
+
+def test_a_child_the_api_server_refuses_is_stalled_with_its_message(
+    config: OperatorConfig,
+) -> None:
+    from kiln_operator.reconcile import decide_rejected
+
+    prepared = _prepared(config)
+    decision = decide(prepared, Observed(), config, NOW)
+    message = "the API server refused Job smollm2-opt-1: spec.activeDeadlineSeconds: Invalid"
+    rejected = decide_rejected(prepared.body, decision, message, NOW)
+    stalled = _cond(rejected, "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "ChildRejected"
+    assert message in stalled["message"] and "change the spec" in stalled["message"]
+    assert rejected.status["phase"] == "Failed"
+    assert rejected.status["planHash"] == prepared.plan_hash  # what decide found is kept
+    assert [e.reason for e in rejected.events] == ["ChildRejected"]
+
+
+def test_a_model_that_fails_its_check_before_serving_is_stalled(config: OperatorConfig) -> None:
+    prepared = _prepared(config)
+    observed = _succeeded(prepared)
+    observed.deployment = _deployment(prepared, available=0)
+    message = (
+        "kiln: UserError: checkpoint/model.safetensors: its sha256 does not match the manifest;"
+        " the published plan was changed after publishing, so it is not served"
+    )
+    observed.serving_pods = [
+        {
+            "status": {
+                "phase": "Pending",
+                "initContainerStatuses": [
+                    {
+                        "name": "verify-model",
+                        "state": {"terminated": {"exitCode": 2, "message": message}},
+                    }
+                ],
+            }
+        }
+    ]
+    decision = decide(prepared, observed, config, NOW)
+    stalled = _cond(decision, "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "TritonInitFailed"
+    assert "verify-model failed" in stalled["message"] and "does not match" in stalled["message"]
+    assert decision.smoke is None
