@@ -42,7 +42,7 @@ from kiln_operator.api.techniques import (
 )
 from kiln_operator.api.uris import uri_scheme
 
-__all__ = ["CompileError", "CompileOptions", "Defaults", "compile_plan"]
+__all__ = ["CompileError", "CompileOptions", "Defaults", "compile_plan", "spec_uris"]
 
 
 class CompileError(ValueError):
@@ -148,7 +148,7 @@ def _scope(namespace: str | None, options: CompileOptions) -> str:
 def _check_target(spec: ModelOptimizationSpec, options: CompileOptions) -> None:
     if options.target != "cluster":
         return
-    for path, uri in _uris(spec):
+    for path, uri in spec_uris(spec):
         if uri_scheme(uri) == "file":
             raise CompileError(
                 path,
@@ -157,7 +157,7 @@ def _check_target(spec: ModelOptimizationSpec, options: CompileOptions) -> None:
             )
 
 
-def _uris(spec: ModelOptimizationSpec) -> list[tuple[str, str]]:
+def spec_uris(spec: ModelOptimizationSpec) -> list[tuple[str, str]]:
     """Every URI in the spec with its field path."""
     found = [("spec.model.source", spec.model.source)]
     if spec.artifacts.store:

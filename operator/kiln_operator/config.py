@@ -45,14 +45,27 @@ class OperatorConfig(BaseModel):
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty watches all."""
     job_node_selector: dict[str, str] = Field(default_factory=dict)
-    """Node labels every optimization Job must match (e.g. a dedicated GPU pool); merged under
-    the resource's own spec.scheduling.nodeSelector."""
+    """Node labels every optimization Job must match (e.g. a dedicated GPU pool); they win over
+    the resource's own spec.scheduling.nodeSelector, which may add others."""
     job_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     """Tolerations added to every optimization Job (e.g. for that pool's taint)."""
     serving_node_selector: dict[str, str] = Field(default_factory=dict)
     """Node labels every Triton pod must match (e.g. a dedicated serving pool)."""
     serving_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     """Tolerations added to every Triton pod (e.g. for that pool's taint)."""
+    allowed_images: list[str] = Field(default_factory=list)
+    """Images (fnmatch patterns) a resource may ask Triton to run as spec.serving.image;
+    empty: only triton_image."""
+    allowed_service_types: list[str] = Field(default_factory=lambda: ["ClusterIP"])
+    """Service types a resource may ask for (LoadBalancer exposes the model outside)."""
+    allowed_priority_classes: list[str] = Field(default_factory=list)
+    """PriorityClasses a resource may give its Job (they can preempt other tenants)."""
+    allowed_toleration_keys: list[str] = Field(default_factory=lambda: ["nvidia.com/gpu"])
+    """Taint keys a resource may tolerate (others keep pods off reserved nodes)."""
+    default_queue: str | None = None
+    """Kueue LocalQueue for Jobs whose resource names none."""
+    allowed_queues: list[str] | None = None
+    """LocalQueues a resource's Job may use; set it to make every Job go through Kueue."""
     job_service_account: str | None = None
     """ServiceAccount of optimization Jobs (its token is never mounted)."""
     engine_fallback: bool = False
@@ -83,7 +96,15 @@ class OperatorConfig(BaseModel):
     """UID of Job and Triton containers (they never run as root)."""
 
 
-_LIST_FIELDS = {"namespaces", "job_command"}
+_LIST_FIELDS = {
+    "namespaces",
+    "job_command",
+    "allowed_images",
+    "allowed_service_types",
+    "allowed_priority_classes",
+    "allowed_toleration_keys",
+    "allowed_queues",
+}
 
 
 def _from_env(environ: dict[str, str]) -> dict[str, Any]:

@@ -112,14 +112,18 @@ class KubeApi:
         api_client: client.ApiClient,
         logger: logging.Logger | None = None,
         timeout: float = 30.0,
+        namespaces: list[str] | None = None,
     ) -> None:
         self.api_client = api_client
+        # The namespaces the operator watches; empty: all (it may then list cluster-wide).
+        self.namespaces = list(namespaces or [])
         # Every call is bounded: a hung connection must not stall a reconcile forever.
         self.timeout = timeout
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.authorization = client.AuthorizationV1Api(api_client)
         self.dynamic = DynamicClient(api_client)
         self.log = logger or logging.getLogger("kiln.operator")
 
@@ -138,14 +142,20 @@ class KubeApi:
             raise
 
     def list_resources(self) -> list[Obj]:
-        """Every ModelOptimization in the cluster."""
-        listing = cast(
-            Obj,
-            self.custom.list_cluster_custom_object(
+        """Every ModelOptimization the operator watches (a namespaced operator lists only its
+        namespaces: it may read nothing else)."""
+        if not self.namespaces:
+            listing = self.custom.list_cluster_custom_object(
                 GROUP, VERSION, PLURAL, _request_timeout=self.timeout
-            ),
-        )
-        return list(listing.get("items", []))
+            )
+            return list(cast(Obj, listing).get("items", []))
+        items: list[Obj] = []
+        for namespace in self.namespaces:
+            listing = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, _request_timeout=self.timeout
+            )
+            items += cast(Obj, listing).get("items", [])
+        return items
 
     # --- observing ----------------------------------------------------------------------------
 
@@ -238,10 +248,19 @@ class KubeApi:
 
     def _running_jobs(self) -> int:
         selector = f"app.kubernetes.io/managed-by=kiln,{COMPONENT_LABEL}=optimize"
-        jobs = self.batch.list_job_for_all_namespaces(
-            label_selector=selector, _request_timeout=self.timeout
-        )
-        return sum(1 for job in jobs.items if job.status and (job.status.active or 0) > 0)
+        if self.namespaces:
+            jobs = [
+                job
+                for namespace in self.namespaces
+                for job in self.batch.list_namespaced_job(
+                    namespace, label_selector=selector, _request_timeout=self.timeout
+                ).items
+            ]
+        else:
+            jobs = self.batch.list_job_for_all_namespaces(
+                label_selector=selector, _request_timeout=self.timeout
+            ).items
+        return sum(1 for job in jobs if job.status and (job.status.active or 0) > 0)
 
     # --- acting -------------------------------------------------------------------------------
 

@@ -123,7 +123,9 @@ def run_operator(argv: Sequence[str]) -> int:
     config = load_config(args.config)
     namespaces = args.namespace or config.namespaces
     priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
-    api = KubeApi(load_kube_config(), log, timeout=config.api_timeout_seconds)
+    api = KubeApi(
+        load_kube_config(), log, timeout=config.api_timeout_seconds, namespaces=namespaces
+    )
     reconciler = Reconciler(api, config)
     registry = kopf.OperatorRegistry()
 

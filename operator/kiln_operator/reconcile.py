@@ -50,6 +50,7 @@ from kiln_operator.conditions import (
 from kiln_operator.config import OperatorConfig
 from kiln_operator.jobstate import view_job
 from kiln_operator.naming import HASH_LABEL, job_name, service_name, short_hash
+from kiln_operator.policy import policy_problems
 from kiln_operator.published import Published
 from kiln_operator.validation import Problem, parse_resource
 
@@ -173,6 +174,9 @@ def prepare(body: Obj, config: OperatorConfig) -> Prepared | list[Problem]:
         )
     except CompileError as error:
         return [Problem(error.path, error.message)]
+    refused = policy_problems(resource, config)
+    if refused:
+        return refused
     return Prepared(body, resource, plan)
 
 

@@ -1,15 +1,19 @@
 """The validating admission webhook: the checks the CRD schema and CEL cannot express.
 
-Cross-field rules, local paths that mean nothing in a cluster, and formats the requested GPU
-cannot run are refused at `kubectl apply` with the same one-line messages `kiln validate` prints.
-With the webhook disabled, the same checks end in a `Stalled` condition instead.
+Cross-field rules, local paths that mean nothing in a cluster, formats the requested GPU cannot
+run and what the platform's policy does not allow (`kiln_operator.policy`) are refused at
+`kubectl apply` with the same one-line messages `kiln validate` prints; with the webhook
+disabled, the same checks end in a `Stalled` condition instead. Only the webhook sees who asks:
+it refuses a resource that names a Secret or PersistentVolumeClaim its author may not read
+(SubjectAccessReview as the requesting user), which the operator would otherwise mount for
+them. Multi-tenant installations keep it enabled (the chart's default).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -24,9 +28,11 @@ from kiln_operator.hardware import (
     normalize_family,
 )
 from kiln_operator.kube import KubeApi
+from kiln_operator.policy import referenced_objects
 from kiln_operator.reconcile import Prepared, prepare
+from kiln_operator.validation import parse_resource
 
-__all__ = ["configure_webhook", "needs_review", "register_webhook"]
+__all__ = ["access_problems", "configure_webhook", "needs_review", "register_webhook"]
 
 log = logging.getLogger("kiln.webhook")
 WEBHOOK_ID = "validate.modeloptimizations.kiln.dev"
@@ -132,8 +138,46 @@ def register_webhook(registry: kopf.OperatorRegistry, config: OperatorConfig, ap
         if not needs_review(dict(body), dict(old) if old else None, operation):
             return
         problems = admission_problems(dict(body), config, api)
+        if not problems:
+            problems = access_problems(dict(body), kwargs.get("userinfo") or {}, api)
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
+
+
+def access_problems(body: dict[str, Any], userinfo: dict[str, Any], api: KubeApi) -> list[str]:
+    """The Secrets and PersistentVolumeClaims the resource would have Kiln mount that the
+    requesting user may not read themselves (a SubjectAccessReview as that user, each)."""
+    resource, _ = parse_resource(body)
+    if resource is None:
+        return []
+    user = userinfo.get("username") or "the requesting user"
+    namespace = resource.metadata.namespace or body["metadata"].get("namespace")
+    problems = []
+    for reference in referenced_objects(resource):
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": userinfo.get("username"),
+                "uid": userinfo.get("uid"),
+                "groups": userinfo.get("groups"),
+                "extra": userinfo.get("extra"),
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": "get",
+                    "resource": reference.resource,
+                    "name": reference.name,
+                },
+            },
+        }
+        answer = api.authorization.create_subject_access_review(cast(Any, review))
+        if not (answer.status and answer.status.allowed):
+            kind = "Secret" if reference.resource == "secrets" else "PersistentVolumeClaim"
+            problems.append(
+                f"{reference.path}: {user} may not read {kind} {reference.name} in {namespace}, "
+                "and Kiln would use it on their behalf; name one you may read, or ask for access"
+            )
+    return problems
 
 
 def needs_review(body: dict[str, Any], old: dict[str, Any] | None, operation: str) -> bool:

@@ -113,7 +113,8 @@ def _resources(resource: ModelOptimization) -> Obj:
 
 def _scheduling(resource: ModelOptimization, config: OperatorConfig) -> Obj:
     spec = resource.spec
-    node_selector = {**config.job_node_selector, **(spec.scheduling.node_selector or {})}
+    # The platform's pool wins: a resource may narrow the placement, never leave the pool.
+    node_selector = {**(spec.scheduling.node_selector or {}), **config.job_node_selector}
     if spec.resources.gpu_product:
         node_selector[_PRODUCT_LABEL] = spec.resources.gpu_product
     tolerations = [dict(t) for t in config.job_tolerations] + [
@@ -149,14 +150,17 @@ def _pod_failure_policy() -> Obj:
     }
 
 
-def _labels(resource: ModelOptimization, plan: Plan) -> tuple[Obj, Obj]:
+def _labels(
+    resource: ModelOptimization, plan: Plan, config: OperatorConfig
+) -> tuple[Obj, Obj]:
     """(job labels, pod labels)."""
     name = resource.metadata.name
     ours = child_labels(name, "optimize", plan.hash())
     pod_labels = {**(resource.spec.scheduling.pod_labels or {}), **ours}
     job_labels = dict(ours)
-    if resource.spec.scheduling.queue_name:
-        job_labels[QUEUE_LABEL] = resource.spec.scheduling.queue_name
+    queue = resource.spec.scheduling.queue_name or config.default_queue
+    if queue:
+        job_labels[QUEUE_LABEL] = queue
     return job_labels, pod_labels
 
 
@@ -168,7 +172,7 @@ def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -
     scratch, scratch_mounts = scratch_volumes()
     claims, claim_mounts = pvc_mounts(plan)
     env, env_from = _env(resource, plan)
-    job_labels, pod_labels = _labels(resource, plan)
+    job_labels, pod_labels = _labels(resource, plan, config)
     container = kiln_container(
         JOB_CONTAINER,
         image=config.job_image,
@@ -220,7 +224,7 @@ def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -
             "spec": pod_spec,
         },
     }
-    if resource.spec.scheduling.queue_name:
+    if QUEUE_LABEL in job_labels:
         job_spec["suspend"] = True  # Kueue admits the Job by unsuspending it.
     return {
         "apiVersion": "batch/v1",

@@ -226,3 +226,55 @@ def test_namespace_users_get_modeloptimizations_through_aggregated_roles(
     finally:
         helm(kube, "uninstall", "kiln-agg", "-n", "kiln-agg", check=False)
         print(json.dumps({"uninstalled": True}))
+
+
+def test_a_namespaced_install_does_its_work_with_nothing_but_its_roles(
+    kube: Cluster, make_namespace, tmp_path: Path
+) -> None:
+    """The mode for multi-tenant clusters: the operator's ServiceAccount has Roles in the watched
+    namespaces only, and every call the operator makes (retention, the Job limit) stays inside
+    them."""
+    team, other = make_namespace(), make_namespace()
+    helm(
+        kube, "install", "kiln-ns", str(CHART), "-n", "kiln-ns", "--create-namespace",
+        "--set", f"watchNamespaces={{{team}}}", "--set", "webhook.enabled=false",
+        "--set", "replicaCount=1", "--wait=false",
+    )  # fmt: skip
+    try:
+        kube.create_bound_pvc(team, "artifacts")
+        token = kube.sa_token("kiln-ns", "kiln-ns")
+        kubeconfig = kube.kubeconfig_for_token(token, tmp_path / "operator.kubeconfig")
+
+        def can(*args: str) -> str:
+            proc = subprocess.run(
+                [str(REPO_ROOT / ".venv/bin/kubectl"), f"--kubeconfig={kubeconfig}",
+                 "auth", "can-i", *args],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            return proc.stdout.strip()
+
+        assert can("create", "jobs", "-n", team) == "yes"
+        assert can("create", "jobs", "-n", other) == "no"
+        assert can("list", "jobs", "--all-namespaces") == "no"
+        assert can("list", "modeloptimizations.kiln.dev", "--all-namespaces") == "no"
+        assert can("get", "secrets", "-n", team) == "no"
+        assert can("create", "deployments", "-n", other) == "no"
+
+        operator = OperatorProcess(kube, tmp_path, namespaces=team, max_running_jobs="2")
+        operator.env["KUBECONFIG"] = str(kubeconfig)
+        operator.start()
+        try:
+            artifacts = {"store": "pvc://artifacts/kiln", "retention": "delete"}
+            kube.apply(mopt("scoped", artifacts=artifacts), namespace=team)
+            wait_until(
+                "Ready with only the namespace's Roles",
+                lambda: condition(status_of(kube, team, "scoped"), "Ready").get("status") == "True",
+                timeout=120,
+                describe=operator.log,
+            )
+            kube.kubectl("delete", "mopt", "scoped", "-n", team, "--timeout=90s")
+            assert "Forbidden" not in operator.log(), operator.log()[-3000:]
+        finally:
+            operator.stop()
+    finally:
+        helm(kube, "uninstall", "kiln-ns", "-n", "kiln-ns", check=False)

@@ -12,12 +12,10 @@ from tests.integration.operator.harness import MoptWatch, OperatorProcess
 from tests.integration.operator.runner_standin import RunnerStandIn
 
 
-@pytest.fixture(scope="session", autouse=True)
-def runner_standin(kube: Cluster) -> Iterator[RunnerStandIn]:
-    """Publishes for Job pods handed to it (see `runner_standin`), for every operator test."""
-    standin = RunnerStandIn(kube).start()
-    yield standin
-    standin.stop()
+@pytest.fixture(autouse=True)
+def jobs_publish(runner_standin: RunnerStandIn) -> RunnerStandIn:
+    """Every operator test's kwok-run Jobs publish through the stand-in runner."""
+    return runner_standin
 
 
 @pytest.fixture(scope="module")

@@ -211,3 +211,60 @@ def test_a_delete_finishes_when_the_checks_would_now_refuse(
     proc = kube.kubectl("delete", "mopt", "shifty", "-n", namespace, "--timeout=60s", check=False)
     assert proc.returncode == 0, proc.stderr
     assert kube.kubectl("get", "mopt", "shifty", "-n", namespace, check=False).returncode != 0
+
+
+def _grant(kube: Cluster, namespace: str, user: str, name: str, rules: list[dict]) -> None:
+    kube.apply(
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": name}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": f"{name}-{user}"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]},
+        namespace=namespace,
+    )  # fmt: skip
+
+
+def test_a_user_cannot_borrow_kilns_access_to_secrets_and_volumes(
+    kube: Cluster, webhook_operator: OperatorProcess, namespace: str
+) -> None:
+    ns = namespace
+    kube.kubectl("create", "secret", "generic", "hf-team", "-n", ns, "--from-literal=HF_TOKEN=x")
+    editor = [
+        {"apiGroups": ["kiln.dev"], "resources": ["modeloptimizations"],
+         "verbs": ["get", "list", "create", "update", "patch"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "resourceNames":
+         ["artifacts"], "verbs": ["get"]},
+    ]  # fmt: skip
+    for user in ("alice", "bob"):
+        _grant(kube, ns, user, "mopt-editor", editor)
+    secret = [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hf-team"],
+               "verbs": ["get"]}]  # fmt: skip
+    volume = [{"apiGroups": [""], "resources": ["persistentvolumeclaims"],
+               "resourceNames": ["models"], "verbs": ["get"]}]  # fmt: skip
+    _grant(kube, ns, "alice", "read-hf-team", secret)
+    _grant(kube, ns, "alice", "read-models", volume)
+
+    def apply_as(user: str, body: dict) -> subprocess.CompletedProcess[str]:
+        return kube.kubectl(
+            f"--as={user}", "apply", "-n", ns, "-f", "-", input=yaml.safe_dump(body), check=False
+        )
+
+    with_secret = mopt(
+        "private", model={"source": "hf://org/private-model", "credentialsSecret": "hf-team"}
+    )
+    refused = apply_as("bob", with_secret)
+    assert refused.returncode != 0
+    assert "spec.model.credentialsSecret: bob may not read Secret hf-team" in refused.stderr, (
+        refused.stderr
+    )
+    assert apply_as("alice", with_secret).returncode == 0
+    on_volume = mopt("on-volume", model={"source": "pvc://models/llama"})
+    refused = apply_as("bob", on_volume)
+    assert refused.returncode != 0
+    assert "bob may not read PersistentVolumeClaim models" in refused.stderr, refused.stderr
+    assert apply_as("alice", on_volume).returncode == 0
+    # The platform's policy holds for everybody (the chart allows ClusterIP only by default).
+    exposed = mopt("exposed", serving={"service": {"type": "LoadBalancer"}})
+    refused = apply_as("alice", exposed)
+    assert refused.returncode != 0 and "LoadBalancer is not allowed here" in refused.stderr

@@ -97,6 +97,7 @@ def test_pod_failure_policy(config: OperatorConfig) -> None:
 
 
 def test_gpu_request_node_selector_and_toleration(config: OperatorConfig) -> None:
+    config = config.model_copy(update={"allowed_priority_classes": ["batch-low"]})
     job = _job(
         config,
         resources={"gpus": 2, "gpuProduct": "NVIDIA-H100-80GB-HBM3", "memory": "64Gi"},
@@ -243,6 +244,7 @@ def test_a_new_plan_changes_the_pod_template(config: OperatorConfig) -> None:
 
 
 def test_service_and_pdb(config: OperatorConfig) -> None:
+    config = config.model_copy(update={"allowed_service_types": ["ClusterIP", "LoadBalancer"]})
     prepared = _prepared(config, serving={"replicas": 2, "service": {"type": "LoadBalancer"}})
     service = build_service(prepared.resource)
     assert service["spec"]["type"] == "LoadBalancer"
@@ -287,10 +289,49 @@ def test_platform_defaults_for_job_placement(config: OperatorConfig) -> None:
             "job_tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
         }
     )
-    prepared = _prepared(pool, scheduling={"nodeSelector": {"zone": "b"}})
+    prepared = _prepared(pool, scheduling={"nodeSelector": {"disk": "nvme", "zone": "a"}})
     pod = build_job(prepared.resource, prepared.plan, pool)["spec"]["template"]["spec"]
-    assert pod["nodeSelector"] == {"pool": "gpu-batch", "zone": "b"}
+    assert pod["nodeSelector"] == {"pool": "gpu-batch", "zone": "a", "disk": "nvme"}
     assert {"key": "batch", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    # A resource cannot leave the platform's pool: refused, and the pool wins in the Job anyway.
+    refused = prepare(make_body(scheduling={"nodeSelector": {"zone": "b"}}), pool)
+    assert isinstance(refused, list) and "contradicts the platform's zone=a" in str(refused[0])
+    resource = prepared.resource.model_copy(deep=True)
+    resource.spec.scheduling.node_selector = {"zone": "b"}
+    pod = build_job(resource, prepared.plan, pool)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"]["zone"] == "a"
+
+
+def test_the_platform_decides_what_a_resource_may_ask_for(config: OperatorConfig) -> None:
+    def refused(**spec: Any) -> str:
+        problems = prepare(make_body(**spec), config)
+        assert isinstance(problems, list), f"admitted: {spec}"
+        return "; ".join(str(p) for p in problems)
+
+    assert "spec.serving.image: evil.example/triton:latest is not an image" in refused(
+        serving={"image": "evil.example/triton:latest"}
+    )
+    assert "spec.serving.service.type: LoadBalancer" in refused(
+        serving={"service": {"type": "LoadBalancer"}}
+    )
+    assert "spec.scheduling.priorityClassName: system-cluster-critical" in refused(
+        scheduling={"priorityClassName": "system-cluster-critical"}
+    )
+    toleration = {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
+    assert "spec.scheduling.tolerations[0].key: tolerating dedicated" in refused(
+        scheduling={"tolerations": [toleration]}
+    )
+    queued = config.model_copy(update={"allowed_queues": ["team-queue"]})
+    problems = prepare(make_body(), queued)
+    assert isinstance(problems, list) and "go through Kueue" in str(problems[0])
+    allowed = config.model_copy(
+        update={"allowed_images": ["registry.example/triton:*"], "default_queue": "team-queue",
+                "allowed_queues": ["team-queue"]}
+    )  # fmt: skip
+    prepared = _prepared(allowed, serving={"image": "registry.example/triton:25.10"})
+    job = build_job(prepared.resource, prepared.plan, allowed)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+    assert job["spec"]["suspend"] is True
 
 
 def test_triton_command_follows_the_published_runtime(config: OperatorConfig) -> None:
