@@ -33,10 +33,10 @@ from kiln_operator.reconcile import (
     prepare,
 )
 from kiln_operator.retention import plan_cleanup
-from kiln_operator.smoke import smoke_test
+from kiln_operator.smoke import SmokeScheduler
 from kiln_operator.store import remove_published
 
-__all__ = ["Reconciler", "remove_artifacts"]
+__all__ = ["Reconciler", "artifacts_given_up", "outcome", "remove_artifacts"]
 
 # Ready resources are re-examined this often even when nothing about them changed.
 _RESYNC_READY_SECONDS = 300.0
@@ -52,6 +52,19 @@ class Reconciler:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._last_done: dict[str, float] = {}
+        self.smoke = SmokeScheduler(config.smoke_timeout_seconds, self._after_smoke)
+
+    def _after_smoke(self, key: str) -> None:
+        namespace, name = key.split("/", 1)
+        self.reconcile(namespace, name)
+
+    def _forget(self, key: str) -> None:
+        """The resource is gone: drop everything kept for it."""
+        self.clock.observe(key, None)
+        self.smoke.forget(key)
+        with self._guard:
+            self._locks.pop(key, None)
+            self._last_done.pop(key, None)
 
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -63,7 +76,7 @@ class Reconciler:
         with self._lock(key):
             body = self.api.get_resource(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
-                self.clock.observe(key, None)
+                self._forget(key)
                 return None
             if periodic and self._settled(key, body):
                 return None
@@ -81,15 +94,24 @@ class Reconciler:
                 if namespace_terminating(error):
                     # Its namespace is going, and the resource with it: nothing left to converge.
                     self.api.log.info("%s: namespace is being deleted; not reconciling", key)
-                    self.clock.observe(key, None)
+                    self._forget(key)
                     return None
                 RECONCILE_ERRORS.labels(f"http_{error.status}").inc()
                 raise
             RECONCILE_SECONDS.observe(time.monotonic() - started)
             RECONCILES.labels(decision.status.get("phase") or "Unknown").inc()
+            self._log_outcome(key, body, decision)
             self.clock.observe(key, decision.status.get("phase"))
             self._last_done[key] = time.monotonic()
             return decision
+
+    def _log_outcome(self, key: str, body: dict[str, Any], decision: Decision) -> None:
+        """One line whenever a resource's story changes, so the log tells it (Stalled reasons
+        first: they are what someone must act on)."""
+        summary = outcome(decision.status)
+        if summary != outcome(body.get("status") or {}):
+            level = logging.WARNING if summary.startswith("Stalled") else logging.INFO
+            self.api.log.log(level, "%s: %s", key, summary)
 
     def _settled(self, key: str, body: dict[str, Any]) -> bool:
         """A Ready resource that was examined recently needs no periodic look."""
@@ -113,9 +135,47 @@ class Reconciler:
             )
         decision = decide(prepared, observed, self.config, now)
         if decision.smoke is not None:
-            observed.smoke = smoke_test(decision.smoke, self.config.smoke_timeout_seconds)
-            decision = decide(prepared, observed, self.config, now)
+            key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+            latest = self.smoke.latest(key, decision.smoke.plan_hash)
+            if latest is None or not latest.ok:
+                # The first test, or a retry once a failed one waited out its delay.
+                self.smoke.ask(key, decision.smoke)
+            if latest is not None:
+                observed.smoke = latest
+                decision = decide(prepared, observed, self.config, now)
+                if latest.ok:
+                    self.smoke.forget(key)
         return decision
+
+
+def outcome(status: dict[str, Any]) -> str:
+    """A resource's state in one line: `Stalled Failed (InvalidSpec): ...`, `Ready (...)`."""
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    for kind in ("Stalled", "Ready", "Reconciling"):
+        condition = conditions.get(kind)
+        if condition and condition.get("status") == "True":
+            return (
+                f"{kind if kind == 'Stalled' else ''} {status.get('phase')} "
+                f"({condition.get('reason')}): {condition.get('message')}"
+            ).strip()
+    return f"{status.get('phase') or 'Pending'}"
+
+
+def artifacts_given_up(
+    reconciler: Reconciler, body: dict[str, Any], tries: int, error: Exception
+) -> None:
+    """The last try to remove a deleted resource's artifacts failed: an Event says they stay."""
+    status = body.get("status") or {}
+    reason = getattr(error, "message", None) or str(error) or type(error).__name__
+    reconciler.api.post_event(
+        body,
+        Event(
+            "Warning",
+            "ArtifactsNotRemoved",
+            f"gave up removing the artifacts of plan {status.get('planHash')} after {tries} "
+            f"tries ({reason}); they stay in the store: remove them by hand",
+        ),
+    )
 
 
 def remove_artifacts(reconciler: Reconciler, body: dict[str, Any], logger: logging.Logger) -> None:

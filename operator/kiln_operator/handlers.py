@@ -15,12 +15,14 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kiln_operator.api import GROUP, PLURAL, VERSION
-from kiln_operator.controller import Reconciler, remove_artifacts
-from kiln_operator.naming import COMPONENT_LABEL, OWNER_LABEL
+from kiln_operator.controller import Reconciler, artifacts_given_up, remove_artifacts
+from kiln_operator.naming import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL
 
 __all__ = ["register"]
 
-_MANAGED = {"app.kubernetes.io/managed-by": "kiln"}
+_MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
+# About five minutes of tries (5 s apart) to remove a deleted resource's artifacts.
+RETENTION_TRIES = 60
 
 
 def register(
@@ -57,9 +59,22 @@ def register(
         return bool((spec.get("artifacts") or {}).get("retention") == "delete")
 
     # Only resources that asked for it get a deletion handler (and kopf's finalizer for it).
-    @kopf.on.delete(*resource, registry=registry, when=retention_is_delete, retries=60, backoff=5)
-    def on_delete(*, body: kopf.Body, **_: Any) -> None:
-        remove_artifacts(reconciler, dict(body), logger)
+    @kopf.on.delete(
+        *resource,
+        registry=registry,
+        when=retention_is_delete,
+        retries=RETENTION_TRIES,
+        backoff=5,
+    )
+    def on_delete(*, body: kopf.Body, retry: int, **_: Any) -> None:
+        try:
+            remove_artifacts(reconciler, dict(body), logger)
+        except kopf.PermanentError:
+            raise
+        except Exception as err:
+            if retry + 1 >= RETENTION_TRIES:  # kopf gives up after this one: say so
+                artifacts_given_up(reconciler, dict(body), retry + 1, err)
+            raise
 
     optimize = {**_MANAGED, COMPONENT_LABEL: "optimize"}
     serving = {**_MANAGED, COMPONENT_LABEL: "serving"}

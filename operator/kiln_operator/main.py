@@ -18,8 +18,9 @@ from kiln_operator.controller import Reconciler
 from kiln_operator.handlers import register
 from kiln_operator.kube import KubeApi, load_kube_config
 from kiln_operator.metrics import serve_metrics
+from kiln_operator.naming import MANAGED_BY_LABEL
 
-__all__ = ["run_operator"]
+__all__ = ["peering_problem", "run_operator"]
 
 log = logging.getLogger("kiln.operator")
 
@@ -106,6 +107,13 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.connect_timeout = 30
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     settings.execution.max_workers = 8
+    # Watch only Kiln's own children: the API server filters, so an operator in a big cluster
+    # neither receives nor holds every Pod, Job and Deployment there is.
+    managed = f"{MANAGED_BY_LABEL}=kiln"
+    for child in ("v1/pods", "batch/v1/jobs", "apps/v1/deployments"):
+        group_version, plural = child.rsplit("/", 1)
+        group = group_version.rsplit("/", 1)[0] if "/" in group_version else ""
+        settings.watching.label_selectors[group, plural] = managed
     # A timer caught mid-call (it runs in a thread) finishes within a second; look again soon
     # rather than kopf's default minute, or deleting a resource waits that long.
     settings.background.instant_exit_timeout = 0.5
@@ -116,12 +124,46 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
         configure_webhook(settings, config)
 
 
+def peering_problem(api_client: Any, name: str, namespaces: Sequence[str]) -> str | None:
+    """Why kopf peering named `name` cannot work here, or None. Without its CRD or its object,
+    kopf would wait forever without a word."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    groups = {g.name for g in client.ApisApi(api_client).get_api_versions().groups or []}
+    install = (
+        "install the chart's CRDs (charts/kiln/crds/kopf-peering.yaml) and its peering object, "
+        "or run a single replica with --standalone"
+    )
+    if "kopf.dev" not in groups:
+        return f"the kopf peering CRDs (kopf.dev) are not installed: {install}"
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        if namespaces:
+            for namespace in namespaces:
+                custom.get_namespaced_custom_object(
+                    "kopf.dev", "v1", namespace, "kopfpeerings", name
+                )
+        else:
+            custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name)
+    except ApiException as error:
+        if error.status == 404:
+            return f"the kopf peering object {name!r} does not exist: {install}"
+        raise
+    return None
+
+
 def run_operator(argv: Sequence[str]) -> int:
     """Run until SIGINT/SIGTERM."""
     args = _parser().parse_args(list(argv))
     _logging(args.json_logs, args.verbose)
     config = load_config(args.config)
     namespaces = args.namespace or config.namespaces
+    if not args.standalone:
+        problem = peering_problem(load_kube_config(), args.peering, namespaces)
+        if problem:
+            log.error("kiln operator: %s", problem)
+            return 2
     priority = args.priority if args.priority is not None else random.randint(1, 1_000_000)
     api = KubeApi(
         load_kube_config(), log, timeout=config.api_timeout_seconds, namespaces=namespaces

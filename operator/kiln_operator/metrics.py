@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -33,8 +34,14 @@ class PhaseClock:
     def __init__(self) -> None:
         self._since: dict[str, tuple[str, float]] = {}
         self._jobs: dict[str, str] = {}
+        # Reconciles of different resources run on different threads.
+        self._lock = threading.Lock()
 
     def observe(self, key: str, phase: str | None, job_state: str | None = None) -> None:
+        with self._lock:
+            self._observe(key, phase, job_state)
+
+    def _observe(self, key: str, phase: str | None, job_state: str | None) -> None:
         now = time.monotonic()
         previous = self._since.get(key)
         if phase is None:

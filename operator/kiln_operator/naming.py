@@ -11,6 +11,7 @@ import hashlib
 __all__ = [
     "COMPONENT_LABEL",
     "HASH_LABEL",
+    "MANAGED_BY_LABEL",
     "OWNER_LABEL",
     "admin_secret_name",
     "child_labels",
@@ -28,6 +29,7 @@ HASH_LABEL = "kiln.dev/plan-hash"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY = "kiln"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 _HASH_CHARS = 10
 # Jobs put their name into a pod label (max 63); Services into DNS labels (max 63).
@@ -89,7 +91,7 @@ def child_labels(name: str, component: str, plan_hash: str | None = None) -> dic
     labels = {
         "app.kubernetes.io/name": "kiln",
         INSTANCE_LABEL: name,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MANAGED_BY_LABEL: MANAGED_BY,
         **selector_labels(name, component),
     }
     if plan_hash:

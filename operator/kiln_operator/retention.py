@@ -1,6 +1,8 @@
 """`artifacts.retention: delete`: remove a resource's published plan when it is deleted.
 
-Artifacts are shared by plan hash, so a plan another resource still uses is kept. The operator
+Artifacts are shared by plan hash within one store, so a plan another resource still uses from
+the same store is kept. A `pvc://` store is a claim in the resource's own namespace, so the same
+URI in two namespaces is two stores. The operator
 removes the directory itself when it can see the store (config `store_mounts`); otherwise a
 short Job in the resource's namespace does it with the job image and the store's credentials
 (`builders.cleanup`).
@@ -33,6 +35,17 @@ def _hashes(body: Obj) -> set[str]:
     return {h for h in (status.get("planHash"), status.get("servingPlanHash")) if h}
 
 
+def _store(body: Obj, default_store: str | None) -> str | None:
+    return ((body.get("spec") or {}).get("artifacts") or {}).get("store") or default_store
+
+
+def _store_identity(body: Obj, default_store: str | None) -> tuple[str, str | None]:
+    """(namespace for a namespaced store, else "", store URI): equal means the same store."""
+    store = _store(body, default_store)
+    namespaced = bool(store and store.startswith("pvc://"))
+    return (body["metadata"].get("namespace", "") if namespaced else "", store)
+
+
 def _published(body: Obj) -> bool:
     optimized = find_condition((body.get("status") or {}).get("conditions") or [], OPTIMIZED)
     return optimized is not None and optimized.get("status") == "True"
@@ -41,14 +54,17 @@ def _published(body: Obj) -> bool:
 def plan_cleanup(body: Obj, others: list[Obj], default_store: str | None) -> CleanupPlan:
     """Decide, from the deleted resource and every other ModelOptimization in the cluster."""
     plan_hash = (body.get("status") or {}).get("planHash")
-    store = ((body.get("spec") or {}).get("artifacts") or {}).get("store") or default_store
+    store = _store(body, default_store)
     if not plan_hash or not store or not _published(body):
         return CleanupPlan("nothing")
     uid = body["metadata"].get("uid")
+    mine = _store_identity(body, default_store)
     users = tuple(
         f"{o['metadata'].get('namespace')}/{o['metadata']['name']}"
         for o in others
-        if o["metadata"].get("uid") != uid and plan_hash in _hashes(o)
+        if o["metadata"].get("uid") != uid
+        and plan_hash in _hashes(o)
+        and _store_identity(o, default_store) == mine
     )
     if users:
         return CleanupPlan("keep-shared", plan_hash, store, users)

@@ -8,7 +8,10 @@ manifest itself and exits within seconds, which is slower but equally correct.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -17,6 +20,8 @@ from kiln_jobs.manifest import MANIFEST_FILE, Manifest
 from kiln_operator.published import Published
 
 __all__ = ["find_published", "remove_published"]
+
+log = logging.getLogger(__name__)
 
 
 def local_plan_dir(
@@ -61,9 +66,19 @@ def find_published(
 def remove_published(
     store_uri: str, plan_hash: str, mounts: dict[str, str], namespace: str = ""
 ) -> bool:
-    """Delete one plan's artifacts if visible; False when the store is not mounted here."""
+    """Delete one plan's artifacts where the store is mounted here, writable; False when it is
+    not (not mounted, or read-only as the chart mounts it): then a cleanup Job must do it."""
     directory = local_plan_dir(store_uri, plan_hash, mounts, namespace)
     if directory is None:
         return False
-    shutil.rmtree(directory, ignore_errors=True)
+    if directory.exists():
+        doomed = directory.with_name(f".removing-{plan_hash}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(directory, doomed)  # out of sight at once, like the job's own removal
+        except OSError as err:
+            log.info("cannot remove %s here (%s); a cleanup Job will", directory, err.strerror)
+            return False
+    # Also what an earlier, interrupted removal left; an error raises, and the handler retries.
+    for leftover in directory.parent.glob(f".removing-{plan_hash}-*"):
+        shutil.rmtree(leftover)
     return True

@@ -11,7 +11,9 @@ them. Multi-tenant installations keep it enabled (the chart's default).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
@@ -128,18 +130,26 @@ def configure_webhook(settings: kopf.OperatorSettings, config: OperatorConfig) -
 
 
 def register_webhook(registry: kopf.OperatorRegistry, config: OperatorConfig, api: KubeApi) -> None:
-    """Register the validating handler."""
+    """Register the validating handler. Its checks call the API server (nodes, access
+    reviews), so they run on threads of their own: busy reconciles never hold admission up."""
+    reviewers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kiln-admission")
+
+    def review(
+        body: dict[str, Any], old: dict[str, Any] | None, kwargs: dict[str, Any]
+    ) -> list[str]:
+        if not needs_review(body, old, kwargs.get("operation", "")):
+            return []
+        problems = admission_problems(body, config, api)
+        return problems or access_problems(body, kwargs.get("userinfo") or {}, api)
 
     @kopf.on.validate(
         GROUP, VERSION, PLURAL, id="spec", registry=registry, operations=["CREATE", "UPDATE"]
     )
-    def validate(body: kopf.Body, **kwargs: Any) -> None:
-        old, operation = kwargs.get("old"), kwargs.get("operation", "")
-        if not needs_review(dict(body), dict(old) if old else None, operation):
-            return
-        problems = admission_problems(dict(body), config, api)
-        if not problems:
-            problems = access_problems(dict(body), kwargs.get("userinfo") or {}, api)
+    async def validate(body: kopf.Body, **kwargs: Any) -> None:
+        old = kwargs.get("old")
+        problems = await asyncio.get_running_loop().run_in_executor(
+            reviewers, review, dict(body), dict(old) if old else None, kwargs
+        )
         if problems:
             raise kopf.AdmissionError("; ".join(problems), code=422)
 

@@ -150,9 +150,7 @@ def _pod_failure_policy() -> Obj:
     }
 
 
-def _labels(
-    resource: ModelOptimization, plan: Plan, config: OperatorConfig
-) -> tuple[Obj, Obj]:
+def _labels(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -> tuple[Obj, Obj]:
     """(job labels, pod labels)."""
     name = resource.metadata.name
     ours = child_labels(name, "optimize", plan.hash())

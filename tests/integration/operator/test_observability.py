@@ -156,3 +156,16 @@ def test_two_replicas_never_both_act(kube: Cluster, namespace: str, tmp_path: Pa
         leader.stop()
         standby.stop()
         kube.kubectl("delete", "clusterkopfpeering", "kiln-test", check=False)
+
+
+def test_an_operator_without_its_peering_says_so_and_exits(kube: Cluster, tmp_path: Path) -> None:
+    # Whether or not this cluster has the peering CRDs by now, this peering does not exist.
+    operator = OperatorProcess(kube, tmp_path, args=("--peering", "nobody-made-this")).start()
+    try:
+        wait_until("the operator to exit", lambda: not operator.alive(), timeout=60)
+        assert operator.proc is not None and operator.proc.returncode == 2
+        log = operator.log()
+        assert "kopf peering" in log and "--standalone" in log, log[-2000:]
+        assert "Traceback" not in log
+    finally:
+        operator.stop()

@@ -296,6 +296,9 @@ def test_spec_the_schema_allows_but_kiln_refuses_is_stalled(
     assert stalled["reason"] == "InvalidSpec"
     assert "spec.techniques[1].pruneDistill" in stalled["message"]
     assert _items(kube, "jobs", ns) == []
+    # The operator's log tells the story too, one line for the change.
+    line = f"{ns}/backwards: Stalled Failed (InvalidSpec): fix the spec: spec.techniques[1]"
+    assert wait_until("the log line", lambda: line in operator.log(), timeout=10)
 
 
 def test_secret_in_another_namespace_is_refused_by_the_api_server(kube: Cluster, ns: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,13 @@ import pytest
 import yaml
 
 from tests.cluster.kube import Cluster
-from tests.integration.operator.harness import OperatorProcess, mopt, wait_until
+from tests.integration.operator.harness import (
+    OperatorProcess,
+    condition,
+    mopt,
+    status_of,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -76,9 +84,41 @@ def _certificates(directory: Path) -> Path:
     return directory
 
 
+class HangingServer:
+    """A TCP server that accepts connections and never answers: a hung Triton."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def hung_triton() -> Iterator[HangingServer]:
+    server = HangingServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="module")
 def webhook_operator(
-    kube: Cluster, tmp_path_factory: pytest.TempPathFactory
+    kube: Cluster, tmp_path_factory: pytest.TempPathFactory, hung_triton: HangingServer
 ) -> Iterator[OperatorProcess]:
     workdir = tmp_path_factory.mktemp("webhook")
     port = _free_port()
@@ -90,6 +130,9 @@ def webhook_operator(
         webhook_cert_dir=str(_certificates(workdir)),
         webhook_url=f"https://127.0.0.1:{port}",
         default_store="pvc://artifacts/kiln",
+        # Every smoke test of this module's resources hangs until its timeout.
+        smoke_endpoint=f"http://127.0.0.1:{hung_triton.port}",
+        smoke_timeout_seconds="120",
     ).start()
     wait_until(
         "the webhook configuration",
@@ -268,3 +311,39 @@ def test_a_user_cannot_borrow_kilns_access_to_secrets_and_volumes(
     exposed = mopt("exposed", serving={"service": {"type": "LoadBalancer"}})
     refused = apply_as("alice", exposed)
     assert refused.returncode != 0 and "LoadBalancer is not allowed here" in refused.stderr
+
+
+def test_admission_answers_while_smoke_tests_hang(
+    kube: Cluster, webhook_operator: OperatorProcess, namespace: str, hung_triton: HangingServer
+) -> None:
+    kube.create_bound_pvc(namespace, "artifacts")
+    names = [f"hung-{i}" for i in range(8)]
+    for name in names:
+        assert (
+            _apply(kube, namespace, mopt(name, serving={"smokeTest": {"enabled": True}})).returncode
+            == 0
+        )
+
+    def smoke_testing() -> bool:
+        reasons = [
+            condition(status_of(kube, namespace, name), "Reconciling").get("reason")
+            for name in names
+        ]
+        return reasons == ["SmokeTesting"] * len(names)
+
+    wait_until("8 smoke tests in flight", smoke_testing, timeout=180, describe=webhook_operator.log)
+    assert len(hung_triton.held) >= 4  # the smoke pool's threads are all stuck
+    started = time.monotonic()
+    late = _apply(kube, namespace, mopt("late"))
+    elapsed = time.monotonic() - started
+    print(f"admission with {len(hung_triton.held)} hung smoke tests: {elapsed:.2f}s")
+    assert late.returncode == 0, late.stderr
+    assert elapsed < 5, f"admission took {elapsed:.1f}s (the webhook times out at 10s)"
+    # Reconciles go on too: the late resource (the same recipe, so already published) is
+    # reconciled and rolled out while the smoke tests hang.
+    wait_until(
+        "the late resource reconciled",
+        lambda: status_of(kube, namespace, "late").get("status", {}).get("observedGeneration"),
+        timeout=30,
+        describe=webhook_operator.log,
+    )

@@ -14,10 +14,18 @@ from tests.unit.operator.test_builders import assert_restricted
 pytestmark = pytest.mark.unit
 
 
-def _body(name: str, plan_hash: str | None, uid: str, serving: str | None = None) -> dict[str, Any]:
+def _body(
+    name: str,
+    plan_hash: str | None,
+    uid: str,
+    serving: str | None = None,
+    *,
+    namespace: str = "ns",
+    store: str = "pvc://artifacts/kiln",
+) -> dict[str, Any]:
     return {
-        "metadata": {"name": name, "namespace": "ns", "uid": uid},
-        "spec": {"artifacts": {"store": "pvc://artifacts/kiln", "retention": "delete"}},
+        "metadata": {"name": name, "namespace": namespace, "uid": uid},
+        "spec": {"artifacts": {"store": store, "retention": "delete"}},
         "status": {
             "planHash": plan_hash,
             "servingPlanHash": serving,
@@ -37,6 +45,17 @@ def test_plan_used_by_another_resource_is_kept() -> None:
     me = _body("a", "h1", "u1")
     plan = plan_cleanup(me, [me, _body("b", "h9", "u2", serving="h1")], None)
     assert plan.action == "keep-shared" and plan.shared_with == ("ns/b",)
+
+
+def test_the_same_hash_in_another_store_does_not_keep_a_plan() -> None:
+    me = _body("a", "h1", "u1")
+    elsewhere = _body("b", "h1", "u2", store="s3://bucket/kiln")
+    other_claim = _body("c", "h1", "u3", namespace="other")  # its own pvc://artifacts
+    plan = plan_cleanup(me, [me, elsewhere, other_claim], None)
+    assert plan.action == "remove"
+    shared_bucket = _body("d", "h1", "u4", namespace="other", store="s3://bucket/kiln")
+    plan = plan_cleanup(elsewhere, [elsewhere, shared_bucket], None)
+    assert plan.action == "keep-shared" and plan.shared_with == ("other/d",)
 
 
 def test_nothing_published_nothing_removed() -> None:
