@@ -45,7 +45,7 @@ kube-tools: venv
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and Kueue from pinned Go
 # modules (~15 min cold on 2 idle cores, Kueue ~5 of them; a no-op when .cache/cluster is current).
 cluster-bins:
-	@tests/cluster/build.sh --kueue
+	@tests/cluster/build.sh --kueue --minio
 
 # The test cluster in the foreground: one line KUBECONFIG=/abs/path on stdout once it is
 # ready, stopped cleanly by Ctrl-C or SIGTERM. CLUSTER_ARGS="--kueue --local-exec-node" adds more.

@@ -2,7 +2,7 @@
 
 The operator's Job `podFailurePolicy` fails the Job at once on the user-error codes (retrying
 cannot fix a bad path or a format this GPU lacks) and retries everything else (bugs, OOM kills,
-preemption).
+preemption, a store that stays unreachable past the retry budget).
 Keep the codes stable: they are part of the operator↔job contract.
 """
 
@@ -17,6 +17,7 @@ __all__ = [
     "MissingCredentials",
     "ResourceExhausted",
     "SourceNotFound",
+    "StoreUnavailable",
     "UnsupportedHardware",
     "UserError",
 ]
@@ -33,6 +34,7 @@ class ExitCode(IntEnum):
     ACCURACY_GATE_FAILED = 5
     RESOURCE_EXHAUSTED = 6
     SOURCE_NOT_FOUND = 7
+    STORE_UNAVAILABLE = 8
 
     @classmethod
     def permanent(cls) -> tuple[int, ...]:
@@ -94,3 +96,10 @@ class SourceNotFound(KilnJobError):
 
     exit_code = ExitCode.SOURCE_NOT_FOUND
     reason = "SourceNotFound"
+
+
+class StoreUnavailable(KilnJobError):
+    """A store kept answering 5xx or timing out through every retry; the Job tries again."""
+
+    exit_code = ExitCode.STORE_UNAVAILABLE
+    reason = "StoreUnavailable"

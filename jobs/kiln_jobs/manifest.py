@@ -153,6 +153,10 @@ class Manifest(_Model):
     serving_runtime: Runtime | None = None
     speculation: Speculation | None = None
     files: list[FileDigest]
+    # Object stores only: the folder under the plan-hash prefix that holds the files, one per
+    # publishing attempt, so two publishers of one plan never overwrite each other's files.
+    # None: the files sit beside the manifest.
+    objects_dir: str | None = None
 
     def text(self) -> str:
         """manifest.json as written (its sha256 is the manifest digest)."""

@@ -10,9 +10,13 @@ Stores:
   digest, `manifest.json` is written last, and one `rename` moves the staging directory to
   `<hash>/`. A reader sees the old state or the whole new one. A run killed half-way leaves only
   a staging directory, which the next run for the same hash removes.
-- `s3://bucket/prefix` has no rename: artifacts are staged on local disk, uploaded file by file,
-  and `manifest.json` is uploaded last. Readers treat a prefix without a manifest as absent, so
-  the manifest's single atomic PUT is the commit.
+- `s3://bucket/prefix` has no rename: artifacts are staged on local disk and uploaded file by
+  file under `<hash>/attempts/<id>/`, a folder of this attempt's own; then `<hash>/manifest.json`
+  is created with a conditional put (`If-None-Match: *`) that names the folder. Readers treat a
+  prefix without a manifest as absent, so that one put is the commit, and of two publishers of
+  the same plan exactly one wins: the other keeps the winner's manifest and deletes its own
+  folder. A transient fault during the upload is retried (`sources.s3.Bucket`) and the upload
+  resumes with the files not yet sent; the local result is kept until the commit is done.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import ValidationError
 
 from kiln_jobs.contract import STORE_ENV_PREFIX
-from kiln_jobs.errors import SourceNotFound, UserError
+from kiln_jobs.errors import SourceNotFound, StoreUnavailable, UserError
 from kiln_jobs.manifest import MANIFEST_FILE, FileDigest, Manifest
 from kiln_jobs.sources import s3
 from kiln_jobs.sources.uri import local_path, parse_uri
@@ -94,8 +98,8 @@ def open_store(uri: str, workdir: Path) -> Store:
         return DirectoryStore(local_path(parsed), uri=uri.rstrip("/"))
     if parsed.scheme == "s3":
         bucket, prefix = s3.split(parsed)
-        bucket_store = s3.open_bucket(bucket, env_prefix=STORE_ENV_PREFIX)
-        return ObjectStore(bucket_store, prefix, uri.rstrip("/"), workdir / "staging")
+        opened = s3.open_bucket(bucket, env_prefix=STORE_ENV_PREFIX)
+        return ObjectStore(opened, prefix, uri.rstrip("/"), workdir / "staging")
     raise UserError(f"output.store {uri}: artifacts go to file://, pvc:// or s3://")
 
 
@@ -181,13 +185,23 @@ class DirectoryStore:
         return published.manifest
 
     def remove(self, plan_hash: str) -> bool:
-        """See `Store.remove`: one rename takes the plan out of sight, then the files go."""
+        """See `Store.remove`: one rename takes the plan out of sight, then the files go.
+
+        Raises:
+            UserError: the store refuses (read-only, permissions); nothing is reported removed.
+        """
         final = self.root / plan_hash
         if not final.exists():
             return False
         doomed = self.root / f".removing-{plan_hash}-{uuid.uuid4().hex[:8]}"
-        os.rename(final, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        try:
+            os.rename(final, doomed)
+            shutil.rmtree(doomed)
+        except OSError as err:
+            raise UserError(
+                f"{self.uri}/{plan_hash} could not be removed: {err.strerror} ({err.filename}); "
+                "the store must be writable where the removal runs"
+            ) from err
         return True
 
     def _published(self, plan_hash: str) -> Published:
@@ -205,21 +219,21 @@ class DirectoryStore:
 
 
 class ObjectStore:
-    """A store in an S3 bucket (any obstore store works, for tests)."""
+    """A store in an S3 bucket (a `Bucket` over any obstore store, for tests)."""
 
-    def __init__(self, store: Any, prefix: str, uri: str, staging_root: Path) -> None:
-        self.store = store
+    def __init__(self, bucket: s3.Bucket, prefix: str, uri: str, staging_root: Path) -> None:
+        self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = uri
         self.staging_root = staging_root
 
-    def _key(self, plan_hash: str, relative: str) -> str:
-        return "/".join(part for part in (self.prefix, plan_hash, relative) if part)
+    def _key(self, plan_hash: str, *relative: str | None) -> str:
+        return "/".join(part for part in (self.prefix, plan_hash, *relative) if part)
 
     def existing(self, plan_hash: str) -> Published | None:
         """See `Store.existing`."""
         key = self._key(plan_hash, MANIFEST_FILE)
-        text = s3.read_bytes(self.store, key, what=f"{self.uri}/{plan_hash}")
+        text = self.bucket.read_bytes(key, what=f"{self.uri}/{plan_hash}")
         manifest = _parse_manifest(text, f"{self.uri}/{plan_hash}")
         return None if manifest is None else Published(f"{self.uri}/{plan_hash}", None, manifest)
 
@@ -231,16 +245,31 @@ class ObjectStore:
         return path
 
     def commit(self, staging: Path, manifest: Manifest) -> Published:
-        """See `Store.commit`: every file, then the manifest."""
-        where = f"{self.uri}/{manifest.plan_hash}"
-        for entry in manifest.files:
-            key = self._key(manifest.plan_hash, entry.path)
-            s3.upload_file(self.store, key, staging / entry.path, what=where)
+        """See `Store.commit`: this attempt's files into a folder of its own, then the manifest
+        with a conditional put; if another publisher's manifest got there first, theirs stays."""
+        plan_hash = manifest.plan_hash
+        where = f"{self.uri}/{plan_hash}"
+        manifest = manifest.model_copy(update={"objects_dir": f"attempts/{uuid.uuid4().hex}"})
+        self._upload(staging, manifest, where)
         _write_manifest(staging, manifest)
-        key = self._key(manifest.plan_hash, MANIFEST_FILE)
-        s3.upload_file(self.store, key, staging / MANIFEST_FILE, what=where)
+        key = self._key(plan_hash, MANIFEST_FILE)
+        if self.bucket.create(key, (staging / MANIFEST_FILE).read_bytes(), what=where):
+            self.discard(staging)
+            return Published(where, None, manifest)
+        log.info("%s was published meanwhile by another run; keeping it", where)
+        winner = self.existing(plan_hash)
+        self._delete_objects(plan_hash, manifest.objects_dir, where)
         self.discard(staging)
-        return Published(where, None, manifest)
+        if winner is None:
+            raise StoreUnavailable(f"{where}: {MANIFEST_FILE} exists but cannot be read back")
+        return winner
+
+    def _upload(self, staging: Path, manifest: Manifest, where: str) -> None:
+        """Every listed file; `Bucket` retries each through transient faults, so an upload
+        that resumes after an outage sends only the files not yet sent."""
+        for entry in manifest.files:
+            key = self._key(manifest.plan_hash, manifest.objects_dir, entry.path)
+            self.bucket.upload_file(key, staging / entry.path, what=where)
 
     def discard(self, staging: Path) -> None:
         """See `Store.discard`."""
@@ -252,23 +281,33 @@ class ObjectStore:
         if published is None:
             raise SourceNotFound(f"{self.uri}/{plan_hash} is not published (no manifest.json)")
         where = f"{self.uri}/{plan_hash}"
+        objects_dir = published.manifest.objects_dir
         for entry in published.manifest.files:
             target = _target(dest, entry)
-            s3.download_file(self.store, self._key(plan_hash, entry.path), target, what=where)
+            key = self._key(plan_hash, objects_dir, entry.path)
+            self.bucket.download_file(key, target, what=where)
             _check_digest(target, entry)
         _write_manifest(dest, published.manifest)
         return published.manifest
 
     def remove(self, plan_hash: str) -> bool:
-        """See `Store.remove`: the manifest first, so a half-deleted plan is never served."""
-        published = self.existing(plan_hash)
-        if published is None:
-            return False
+        """See `Store.remove`: the manifest first, so a half-deleted plan is never served, then
+        every object under the plan (the published files and any abandoned attempt's).
+
+        Raises:
+            MissingCredentials, StoreUnavailable: a delete failed; nothing is reported removed.
+        """
         where = f"{self.uri}/{plan_hash}"
-        s3.delete_keys(self.store, [self._key(plan_hash, MANIFEST_FILE)], what=where)
-        keys = [self._key(plan_hash, entry.path) for entry in published.manifest.files]
-        s3.delete_keys(self.store, keys, what=where)
-        return True
+        published = self.existing(plan_hash)
+        if published is not None:
+            self.bucket.delete_keys([self._key(plan_hash, MANIFEST_FILE)], what=where)
+        removed = self._delete_objects(plan_hash, None, where)
+        return published is not None or removed > 0
+
+    def _delete_objects(self, plan_hash: str, folder: str | None, where: str) -> int:
+        keys = self.bucket.list_keys(self._key(plan_hash, folder), what=where)
+        self.bucket.delete_keys(keys, what=where)
+        return len(keys)
 
 
 def verify_published(directory: Path, plan_hash: str, manifest_sha256: str | None) -> Manifest:

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds the test cluster's binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kwok; with --kueue also Kueue's manager) from the pinned Go modules into
-# .cache/cluster/bin, and copies the manifests they need (kwok's stock Stages and CRDs, Kueue's
-# CRDs and webhooks) from those modules into .cache/cluster.
+# kube-scheduler, kwok; with --kueue also Kueue's manager; with --minio the MinIO server that
+# stands in for S3) from the pinned Go modules into .cache/cluster/bin, and copies the manifests
+# they need (kwok's stock Stages and CRDs, Kueue's CRDs and webhooks) from those modules into
+# .cache/cluster.
 #
 # A stamp per part, keyed on its go.mod/go.sum and this script, makes a second run a no-op;
 # Go's own build cache makes a rebuild after a small change cheap.
 #
-# Usage: tests/cluster/build.sh [--kueue]    (KILN_CLUSTER_CACHE overrides .cache/cluster)
+# Usage: tests/cluster/build.sh [--kueue] [--minio]   (KILN_CLUSTER_CACHE overrides .cache/cluster)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -15,6 +16,10 @@ root=$(cd "$here/../.." && pwd)
 out=${KILN_CLUSTER_CACHE:-$root/.cache/cluster}
 bin=$out/bin
 k8s_version=v1.35.4
+# MinIO's main module is built with `go install module@version`: its go.mod has replace
+# directives, which a consuming go.mod would ignore. The pseudo-version pins the commit; the Go
+# checksum database pins its content.
+minio_version=v0.0.0-20260212201848-7aac2a2c5b7c
 script="$here/build.sh"
 
 log() { echo "$*" >&2; }
@@ -78,12 +83,25 @@ build_kueue() {
   )
 }
 
-with_kueue=0
-if [[ ${1:-} == "--kueue" ]]; then with_kueue=1; fi
+build_minio() {
+  log "building MinIO (about 5 min cold on 2 cores)..."
+  # -mod applies to a main module only; `go install module@version` has none.
+  GOFLAGS= GOBIN="$bin" go install "github.com/minio/minio@$minio_version"
+}
+
+with_kueue=0 with_minio=0
+for arg in "$@"; do
+  case $arg in
+    --kueue) with_kueue=1 ;;
+    --minio) with_minio=1 ;;
+    *) log "build.sh: unknown argument $arg"; exit 2 ;;
+  esac
+done
 
 base_key=$(key "$here/go.mod" "$here/go.sum" "$here/kwok/go.mod" "$here/kwok/go.sum")
 kueue_key=$(key "$here/kueue/go.mod" "$here/kueue/go.sum")
-base_fresh=0 kueue_fresh=1
+minio_key=$(echo "$minio_version" | key /dev/stdin)
+base_fresh=0 kueue_fresh=1 minio_fresh=1
 fresh "$out/stamp" "$base_key" etcd kube-apiserver kube-controller-manager kube-scheduler kwok &&
   [[ -d $out/stages && -d $out/kwok-crds ]] && base_fresh=1
 if ((with_kueue)); then
@@ -91,7 +109,12 @@ if ((with_kueue)); then
   fresh "$out/stamp-kueue" "$kueue_key" kueue && [[ -d $out/kueue/crds ]] && kueue_fresh=1
 fi
 
-if ((base_fresh && kueue_fresh)); then
+if ((with_minio)); then
+  minio_fresh=0
+  fresh "$out/stamp-minio" "$minio_key" minio && minio_fresh=1
+fi
+
+if ((base_fresh && kueue_fresh && minio_fresh)); then
   log "cluster binaries up to date in $bin"
   exit 0
 fi
@@ -109,5 +132,10 @@ if ((!kueue_fresh)); then
   rm -f "$out/stamp-kueue"
   build_kueue
   echo "$kueue_key" >"$out/stamp-kueue"
+fi
+if ((!minio_fresh)); then
+  rm -f "$out/stamp-minio"
+  build_minio
+  echo "$minio_key" >"$out/stamp-minio"
 fi
 log "cluster binaries built in $((SECONDS - start)) s into $bin"

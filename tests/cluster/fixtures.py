@@ -7,6 +7,7 @@
 * ``make_namespace`` (function): a factory, ``make_namespace(labels={...}) -> name``.
 * ``local_exec_node`` (session): a node whose pods the local executor runs for real.
 * ``kueue`` (session): the same cluster with Kueue running (installed on first use).
+* ``minio`` (session): a real MinIO server (no cluster needed), buckets ``kiln`` and ``models``.
 
 A test that uses the cluster and fails gets a report section listing every component's log.
 If the binaries are not built the fixture fails (never skips) and says to run
@@ -25,12 +26,14 @@ from typing import Any
 import pytest
 
 from tests.cluster.kube import REPO_ROOT, Cluster, ClusterBinariesMissing
+from tests.cluster.minio import MinIO
 
 __all__ = [
     "kube",
     "kueue",
     "local_exec_node",
     "make_namespace",
+    "minio",
     "namespace",
     "restricted_namespace",
 ]
@@ -83,6 +86,17 @@ def kueue(kube: Cluster) -> Cluster:
     except ClusterBinariesMissing as exc:
         pytest.fail(str(exc), pytrace=False)
     return kube
+
+
+@pytest.fixture(scope="session")
+def minio() -> Iterator[MinIO]:
+    """A MinIO server for the session (S3 for the store tests)."""
+    try:
+        server = MinIO().start()
+    except ClusterBinariesMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
 
 
 def _slug(text: str) -> str:

@@ -79,7 +79,7 @@ def read_documents(ref: DataRef, role: str, cache_dir: Path) -> list[str]:
             bucket, prefix = s3.split(uri)
             path = cache_dir / "data" / hashlib.sha256(str(uri).encode()).hexdigest()[:16]
             if not (path / ".complete").exists():
-                s3.download_prefix(s3.open_bucket(bucket), prefix, path, what=str(uri))
+                s3.open_bucket(bucket).download_prefix(prefix, path, what=str(uri))
                 (path / ".complete").touch()
         case "hf" if uri.rest.startswith("datasets/"):
             path = hub.snapshot(uri.rest.removeprefix("datasets/").strip("/"), repo_type="dataset")

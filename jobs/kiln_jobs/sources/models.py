@@ -85,7 +85,7 @@ def resolve_model_files(ref: ModelRef, cache_dir: Path) -> ModelFiles:
             key = hashlib.sha256(str(uri).encode()).hexdigest()[:16]
             dest = cache_dir / "models" / key
             if not (dest / ".complete").exists():
-                s3.download_prefix(s3.open_bucket(bucket), prefix, dest, what=str(uri))
+                s3.open_bucket(bucket).download_prefix(prefix, dest, what=str(uri))
                 (dest / ".complete").touch()
             return _model_in(dest, str(uri))
     raise UserError(f"{uri}: a model cannot be loaded from {uri.scheme}://")

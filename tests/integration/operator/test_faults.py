@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.kube import Cluster
-from tests.integration.operator.faults import FaultProxy, Rule
+from tests.faults import FaultProxy, Rule
 from tests.integration.operator.harness import (
     MoptWatch,
     OperatorProcess,
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def proxy(kube: Cluster, tmp_path: Path) -> Iterator[FaultProxy]:
-    fault_proxy = FaultProxy(kube.kubeconfig, tmp_path).start()
+    fault_proxy = FaultProxy.for_kubeconfig(kube.kubeconfig, tmp_path).start()
     yield fault_proxy
     fault_proxy.stop()
 

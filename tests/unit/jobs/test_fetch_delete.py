@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import obstore
@@ -13,6 +15,7 @@ from kiln_jobs.errors import ExitCode
 from kiln_jobs.manifest import MANIFEST_FILE, CheckpointInfo, Manifest, Metrics
 from kiln_jobs.plan import DataRef, EvaluationPlan, ModelRef, OutputPlan, Plan, PlanMetadata
 from kiln_jobs.publish import DirectoryStore, ObjectStore, digest_files
+from kiln_jobs.sources.s3 import Bucket
 
 pytestmark = pytest.mark.unit
 
@@ -72,10 +75,28 @@ def test_delete_unpublishes_and_removes(tmp_path: Path) -> None:
     assert main(["delete", "--store", uri, "--plan-hash", plan_hash]) == 0  # idempotent
 
 
+def test_a_removal_the_store_refuses_is_an_error_not_a_success(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DirectoryStore(tmp_path / "store")
+    plan_hash = _publish(store, tmp_path)
+
+    def read_only(source: object, target: object) -> None:  # a read-only mount (root ignores
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(source))  # chmod, so fake it)
+
+    monkeypatch.setattr(os, "rename", read_only)
+    uri = (tmp_path / "store").as_uri()
+    code = main(["delete", "--store", uri, "--plan-hash", plan_hash])
+    assert code == ExitCode.USER_ERROR
+    assert "could not be removed: Read-only file system" in capsys.readouterr().err
+    assert store.existing(plan_hash) is not None
+
+
 def test_object_store_fetch_and_remove(tmp_path: Path) -> None:
     bucket = MemoryStore()
-    store = ObjectStore(bucket, "kiln", "s3://bucket/kiln", tmp_path / "staging")
+    store = ObjectStore(Bucket(bucket), "kiln", "s3://bucket/kiln", tmp_path / "staging")
     plan_hash = _publish(store, tmp_path)
+    obstore.put(bucket, f"kiln/{plan_hash}/attempts/abandoned/x", b"a killed run's upload")
     manifest = store.fetch(plan_hash, tmp_path / "model")
     assert (tmp_path / "model" / "triton" / "model" / "config.pbtxt").exists()
     assert len(manifest.files) == 2

@@ -16,6 +16,7 @@ from kiln_jobs.errors import UserError
 from kiln_jobs.manifest import MANIFEST_FILE, CheckpointInfo, Manifest, Metrics
 from kiln_jobs.plan import DataRef, EvaluationPlan, ModelRef, OutputPlan, Plan, PlanMetadata
 from kiln_jobs.publish import DirectoryStore, ObjectStore, digest_files, open_store
+from kiln_jobs.sources.s3 import Bucket
 
 pytestmark = pytest.mark.unit
 
@@ -139,7 +140,7 @@ def test_an_object_store_uploads_everything_then_the_manifest(
 ) -> None:
     plan = _plan("s3://bucket/kiln")
     bucket = MemoryStore()
-    store = ObjectStore(bucket, "kiln", "s3://bucket/kiln", tmp_path / "staging")
+    store = ObjectStore(Bucket(bucket), "kiln", "s3://bucket/kiln", tmp_path / "staging")
     puts: list[str] = []
     real_put = obstore.put
 
@@ -154,12 +155,34 @@ def test_an_object_store_uploads_everything_then_the_manifest(
     published = store.commit(staging, _manifest(staging, plan))
     assert published.uri == f"s3://bucket/kiln/{plan.hash()}"
     assert puts[-1] == f"kiln/{plan.hash()}/{MANIFEST_FILE}"
+    folder = published.manifest.objects_dir
+    assert folder is not None and folder.startswith("attempts/")
     assert sorted(puts[:-1]) == [
-        f"kiln/{plan.hash()}/checkpoint/config.json",
-        f"kiln/{plan.hash()}/checkpoint/model.safetensors",
+        f"kiln/{plan.hash()}/{folder}/checkpoint/config.json",
+        f"kiln/{plan.hash()}/{folder}/checkpoint/model.safetensors",
     ]
     assert not staging.exists()
-    assert store.existing(plan.hash()).manifest.plan_hash == plan.hash()
+    assert store.existing(plan.hash()).manifest == published.manifest
+
+
+def test_the_second_publisher_of_a_plan_keeps_the_first_ones_files(tmp_path: Path) -> None:
+    plan = _plan("s3://bucket/kiln")
+    bucket = MemoryStore()
+    first = ObjectStore(Bucket(bucket), "kiln", "s3://bucket/kiln", tmp_path / "a")
+    second = ObjectStore(Bucket(bucket), "kiln", "s3://bucket/kiln", tmp_path / "b")
+    staged = []
+    for store, weights in ((first, b"first"), (second, b"second")):
+        staging = store.staging(plan.hash())
+        _stage_files(staging)
+        (staging / "checkpoint" / "model.safetensors").write_bytes(weights)
+        staged.append((store, staging, _manifest(staging, plan)))
+    won = first.commit(staged[0][1], staged[0][2])
+    kept = second.commit(staged[1][1], staged[1][2])
+    assert kept.manifest == won.manifest  # the loser returns the winner's record
+    keys = [m["path"] for batch in obstore.list(bucket, "kiln") for m in batch]
+    assert all(won.manifest.objects_dir in key for key in keys if MANIFEST_FILE not in key)
+    second.fetch(plan.hash(), tmp_path / "out")  # every digest matches: no mixed files
+    assert (tmp_path / "out" / "checkpoint" / "model.safetensors").read_bytes() == b"first"
 
 
 def test_unknown_store_schemes_are_refused(tmp_path: Path) -> None:

@@ -131,9 +131,9 @@ def test_s3_bucket_from_env_with_a_custom_endpoint(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "kiln")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    store = s3.open_bucket("models")
-    assert store.config["endpoint"] == "http://127.0.0.1:9"
-    assert str(store.client_options["allow_http"]).lower() == "true"
+    bucket = s3.open_bucket("models")
+    assert bucket.store.config["endpoint"] == "http://127.0.0.1:9"
+    assert str(bucket.store.client_options["allow_http"]).lower() == "true"
 
 
 def test_s3_download_keeps_relative_paths_and_a_single_key(tmp_path: Path) -> None:
@@ -141,18 +141,18 @@ def test_s3_download_keeps_relative_paths_and_a_single_key(tmp_path: Path) -> No
     obstore.put(store, "models/llama/config.json", b"{}")
     obstore.put(store, "models/llama/sub/w.safetensors", b"w")
     obstore.put(store, "models/llamas/other.json", b"x")  # a sibling, not under the prefix
-    s3.download_prefix(store, "models/llama", tmp_path / "a", what="s3://b/models/llama")
+    s3.Bucket(store).download_prefix("models/llama", tmp_path / "a", what="s3://b/models/llama")
     got = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*.*"))
     assert got == ["config.json", "sub/w.safetensors"]
-    s3.download_prefix(store, "models/llama/config.json", tmp_path / "b", what="one")
+    s3.Bucket(store).download_prefix("models/llama/config.json", tmp_path / "b", what="one")
     assert (tmp_path / "b" / "config.json").read_bytes() == b"{}"
 
 
 def test_s3_missing_prefix_and_key(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path / "bucket", mkdir=True)
+    bucket = s3.Bucket(LocalStore(tmp_path / "bucket", mkdir=True))
     with pytest.raises(SourceNotFound, match="nothing is stored"):
-        s3.download_prefix(store, "absent", tmp_path / "out", what="s3://b/absent")
-    assert s3.read_bytes(store, "absent/manifest.json", what="x") is None
+        bucket.download_prefix("absent", tmp_path / "out", what="s3://b/absent")
+    assert bucket.read_bytes("absent/manifest.json", what="x") is None
 
 
 # -- data --------------------------------------------------------------------------------------
