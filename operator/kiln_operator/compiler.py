@@ -40,7 +40,7 @@ from kiln_operator.api.techniques import (
     TechniqueSpec,
     TrainingSpec,
 )
-from kiln_operator.api.uris import uri_scheme
+from kiln_operator.api.uris import EMBEDDED_MODEL, uri_scheme
 
 __all__ = ["CompileError", "CompileOptions", "Defaults", "compile_plan", "spec_uris"]
 
@@ -108,7 +108,9 @@ def compile_plan(
     return Plan(
         metadata=PlanMetadata(name=name, namespace=namespace, generation=generation),
         model=ModelRef(
-            source=spec.model.source, revision=spec.model.revision, dtype=spec.model.dtype
+            source=_model_source(spec, options),
+            revision=spec.model.revision,
+            dtype=spec.model.dtype,
         ),
         techniques=techniques,
         evaluation=_evaluation(spec.evaluation, techniques),
@@ -159,7 +161,7 @@ def _check_target(spec: ModelOptimizationSpec, options: CompileOptions) -> None:
 
 def spec_uris(spec: ModelOptimizationSpec) -> list[tuple[str, str]]:
     """Every URI in the spec with its field path."""
-    found = [("spec.model.source", spec.model.source)]
+    found = [("spec.model.source", spec.model.source)] if spec.model.source else []
     if spec.artifacts.store:
         found.append(("spec.artifacts.store", spec.artifacts.store))
     if spec.evaluation.data:
@@ -180,6 +182,20 @@ def spec_uris(spec: ModelOptimizationSpec) -> list[tuple[str, str]]:
             if isinstance(ref, ModelRefSpec):
                 found.append((f"{prefix}.{field}.source", ref.source))
     return found
+
+
+def _model_source(spec: ModelOptimizationSpec, options: CompileOptions) -> str:
+    """The model to optimize. Only kiln run falls back to the embedded one: in a cluster, a
+    spec that forgot its model must not quietly serve another under the user's name."""
+    if spec.model.source:
+        return spec.model.source
+    if options.target == "local":
+        return EMBEDDED_MODEL
+    raise CompileError(
+        "spec.model.source",
+        "no model: set it (hf://org/name, pvc://claim/path or s3://bucket/prefix), or "
+        f"{EMBEDDED_MODEL} to try Kiln with the model it ships",
+    )
 
 
 def _store(spec: ModelOptimizationSpec, options: CompileOptions) -> str:

@@ -32,11 +32,11 @@ class OperatorConfig(BaseModel):
     tritonserver: str = "tritonserver"
     """The tritonserver binary in the Triton image."""
     default_store: str | None = None
+    """Artifact store for resources that name none (pvc://claim/prefix or s3://bucket/prefix)."""
     sharing_domain: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     """Let every namespace of this installation reuse each other's published plans (a name for
     that domain). Unset (the default), a plan is reused only within its own namespace: one
     tenant never serves another's artifacts, even with the same recipe and store."""
-    """Artifact store for resources that name none (pvc://claim/prefix or s3://bucket/prefix)."""
     store_mounts: dict[str, str] = Field(default_factory=dict)
     """Store URI prefixes the operator can read directly, mapped to local paths (e.g. the
     artifacts volume mounted into the operator pod): {"s3://bucket/kiln": "/mnt/kiln"}. A path
@@ -88,7 +88,17 @@ class OperatorConfig(BaseModel):
     webhook_port: int = 9443
     """Port of the admission webhook server."""
     webhook_cert_dir: str | None = None
-    """Directory with tls.crt and tls.key for the webhook; unset uses a self-signed pair."""
+    """Directory with tls.crt and tls.key for the webhook (a Secret you manage, e.g. from
+    cert-manager); unset uses `webhook_cert_secret`, or else a self-signed pair."""
+    webhook_cert_secret: str | None = None
+    """Secret in the operator's namespace where the operator keeps the webhook's CA and serving
+    certificate itself (creates, renews, writes the CA into `webhook_configuration`)."""
+    webhook_service: str | None = None
+    """The Service in front of the webhook: the name the serving certificate is for."""
+    webhook_configuration: str | None = None
+    """The ValidatingWebhookConfiguration whose caBundle the operator keeps."""
+    operator_namespace: str | None = None
+    """The operator's own namespace (default: the POD_NAMESPACE environment variable)."""
     webhook_url: str | None = None
     """URL the API server calls for admission when it must reach the webhook by URL rather
     than through a Service (clusters without kube-proxy, tests)."""

@@ -105,7 +105,12 @@ def _failed(job: Obj, pods: list[Obj]) -> JobView:
     return JobView("Failed", reason, message, result)
 
 
-def _pod_view(pod: Obj | None) -> JobView:
+def _pod_view(pod: Obj | None, create_failure: str | None = None) -> JobView:
+    if pod is None and create_failure:
+        # Quota, Pod Security, a missing ServiceAccount: the Job controller says why in an Event.
+        return JobView(
+            "Blocked", "FailedCreate", f"the Job cannot create its pod: {create_failure}"
+        )
     if pod is None:
         return JobView("Pending", "PodPending", "waiting for the Job controller to create a pod")
     status = pod.get("status", {})
@@ -131,8 +136,9 @@ def _pod_view(pod: Obj | None) -> JobView:
     return JobView("Pending", "PodPending", f"pod {pod['metadata']['name']} is starting")
 
 
-def view_job(job: Obj, pods: list[Obj]) -> JobView:
-    """Interpret a Job and the pods it owns."""
+def view_job(job: Obj, pods: list[Obj], create_failure: str | None = None) -> JobView:
+    """Interpret a Job, the pods it owns, and why it could not create one (its latest
+    FailedCreate Event), if it could not."""
     if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
         result = _result(pods)
         return JobView("Succeeded", "JobSucceeded", "optimization finished", result)
@@ -141,7 +147,7 @@ def view_job(job: Obj, pods: list[Obj]) -> JobView:
     if job.get("spec", {}).get("suspend"):
         return JobView("Suspended", "Queued", "the Job is queued (suspended) until Kueue admits it")
     active = [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")]
-    return _pod_view(_newest(active))
+    return _pod_view(_newest(active), create_failure)
 
 
 def parse_progress(log_tail: str) -> Progress | None:

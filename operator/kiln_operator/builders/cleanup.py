@@ -18,13 +18,16 @@ __all__ = ["build_cleanup_job"]
 
 Obj = dict[str, Any]
 
+# Deleting files is light; a namespace's quota accepts only pods that say what they use.
+_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+
 
 def build_cleanup_job(body: Obj, plan_hash: str, store: str, config: OperatorConfig) -> Obj:
     """A Job that deletes `<store>/<plan_hash>`; not owned by the resource (which is going away),
     and removed by the TTL controller after it finishes."""
     name = body["metadata"]["name"]
     location = split_store(store)
-    volumes: list[Obj] = [{"name": "tmp", "emptyDir": {}}]
+    volumes: list[Obj] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     mounts: list[Obj] = [{"name": "tmp", "mountPath": "/tmp"}]
     if location.scheme == "pvc":
         volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": location.root}})
@@ -38,6 +41,7 @@ def build_cleanup_job(body: Obj, plan_hash: str, store: str, config: OperatorCon
         env=[{"name": PVC_ROOT_ENV, "value": PVC_ROOT}],
         env_from=store_env_from(secret),
         mounts=mounts,
+        resources=_RESOURCES,
     )
     labels = child_labels(name, "cleanup", plan_hash)
     return {

@@ -101,16 +101,24 @@ def restricted_pod(uid: int, containers: list[Obj], volumes: list[Obj], **extra:
     }
 
 
+# NCCL and DataLoader workers use a few GiB of /dev/shm at most.
+SHM_LIMIT = "8Gi"
+
+
 def store_env_from(secret: str | None) -> list[Obj]:
     """The artifact store's credentials, by Secret reference, under `STORE_ENV_PREFIX`."""
     return [{"prefix": STORE_ENV_PREFIX, "secretRef": {"name": secret}}] if secret else []
 
 
-def scratch_volumes() -> tuple[list[Obj], list[Obj]]:
-    """(volumes, mounts) for /tmp and shared memory: the root filesystem is read-only."""
+def scratch_volumes(tmp_limit: str | None = None) -> tuple[list[Obj], list[Obj]]:
+    """(volumes, mounts) for /tmp and shared memory: the root filesystem is read-only.
+
+    /dev/shm is memory and counts against the container's memory, so it has a bound; /tmp
+    holds downloads whose size only the resource knows (`tmp_limit`, from its
+    ephemeral-storage request)."""
     volumes = [
-        {"name": "tmp", "emptyDir": {}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": tmp_limit} if tmp_limit else {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_LIMIT}},
     ]
     mounts = [
         {"name": "tmp", "mountPath": "/tmp"},

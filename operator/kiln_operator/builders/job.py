@@ -63,12 +63,17 @@ def _on_pvc_store(plan: Plan, relative: str) -> str | None:
     return f"{PVC_ROOT}/{store.root}/{under}"
 
 
-def _workdir(plan: Plan) -> tuple[str, list[Obj], list[Obj]]:
+def _workdir(plan: Plan, size_limit: str | None) -> tuple[str, list[Obj], list[Obj]]:
     """Scratch for checkpoints. On a PVC store it is persistent, so a preempted pod resumes."""
     work = _on_pvc_store(plan, f".work/{plan.hash()}")
     if work is not None:
         return work, [], []
-    return "/work", [{"name": "work", "emptyDir": {}}], [{"name": "work", "mountPath": "/work"}]
+    empty_dir = {"sizeLimit": size_limit} if size_limit else {}
+    return (
+        "/work",
+        [{"name": "work", "emptyDir": empty_dir}],
+        [{"name": "work", "mountPath": "/work"}],
+    )
 
 
 def _env(resource: ModelOptimization, plan: Plan) -> tuple[list[Obj], list[Obj]]:
@@ -166,8 +171,10 @@ def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -
     """The batch/v1 Job that runs `plan` once, to completion, on a GPU node."""
     name = resource.metadata.name
     plan_hash = plan.hash()
-    workdir, work_volumes, work_mounts = _workdir(plan)
-    scratch, scratch_mounts = scratch_volumes()
+    wanted_disk = resource.spec.resources.ephemeral_storage
+    disk = None if wanted_disk is None else str(wanted_disk)
+    workdir, work_volumes, work_mounts = _workdir(plan, disk)
+    scratch, scratch_mounts = scratch_volumes(disk)
     claims, claim_mounts = pvc_mounts(plan)
     env, env_from = _env(resource, plan)
     job_labels, pod_labels = _labels(resource, plan, config)

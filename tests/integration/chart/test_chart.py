@@ -36,6 +36,12 @@ VARIANTS = {
         "artifactsVolume.claimName=kiln-artifacts",
         "--set",
         "artifactsVolume.storeUri=pvc://kiln-artifacts",
+        "--set",
+        "config.sharingDomain=team-ab",
+        "--set",
+        "policy.allowedQueues={gpu-queue}",
+        "--set",
+        "placement.jobs.nodeSelector.pool=gpu",
     ],
     "minimal": [
         "--set",
@@ -111,12 +117,75 @@ def test_every_rendered_object_is_accepted_by_the_api_server(kube: Cluster, vari
 
 
 def test_rbac_grants_no_secret_reads(kube: Cluster) -> None:
+    """Jobs' Secrets are created, never read; the one Secret the operator reads is its own
+    webhook certificate, by name, in its own namespace."""
     rendered = helm(kube, "template", "kiln", str(CHART), "-n", "kiln-system").stdout
+    reads = []
     for obj in yaml.safe_load_all(rendered):
         if obj and obj["kind"] in ("ClusterRole", "Role"):
             for rule in obj["rules"]:
-                if "secrets" in rule["resources"]:
-                    assert set(rule["verbs"]) == {"create"}, rule
+                if "secrets" in rule["resources"] and set(rule["verbs"]) != {"create"}:
+                    reads.append((obj["kind"], obj["metadata"].get("namespace"), rule))
+    assert reads == [
+        ("Role", "kiln-system",
+         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"],
+          "resourceNames": ["kiln-webhook-tls"]}),
+    ]  # fmt: skip
+
+
+def test_every_render_is_the_same_and_holds_no_key_material(kube: Cluster) -> None:
+    """What Argo CD and `helm template` see: rendering twice gives the same bytes, and no
+    certificate or key is in them (the operator keeps its own)."""
+    renders = [helm(kube, "template", "kiln", str(CHART), "-n", "kiln-system").stdout for _ in "ab"]
+    assert renders[0] == renders[1]
+    assert "BEGIN" not in renders[0] and "LS0tLS1CRUdJTi" not in renders[0]  # PEM, base64 PEM
+    kinds = [o["kind"] for o in yaml.safe_load_all(renders[0]) if o]
+    assert "Secret" not in kinds
+
+
+def test_the_operator_keeps_its_webhook_certificate_with_the_charts_rights(
+    kube: Cluster, tmp_path: Path
+) -> None:
+    """The chart's ServiceAccount creates the certificate Secret, writes the CA into the
+    webhook configuration, and a second start (another replica, a restart) serves the same."""
+    from kubernetes import config as kube_config
+
+    from kiln_operator.webhook_certs import ensure_webhook_certs, reissue_reason
+
+    helm(
+        kube, "install", "kiln-tls", str(CHART), "-n", "kiln-tls", "--create-namespace",
+        "--set", "replicaCount=1", "--set", "webhook.failurePolicy=Ignore", "--wait=false",
+    )  # fmt: skip
+    try:
+        token = kube.sa_token("kiln-tls", "kiln-tls")
+        kubeconfig = kube.kubeconfig_for_token(token, tmp_path / "operator.kubeconfig")
+        api_client = kube_config.new_client_from_config(str(kubeconfig))
+        first = ensure_webhook_certs(
+            api_client, "kiln-tls", "kiln-tls-webhook-tls", "kiln-tls-webhook", "kiln-tls"
+        )
+        again = ensure_webhook_certs(
+            api_client, "kiln-tls", "kiln-tls-webhook-tls", "kiln-tls-webhook", "kiln-tls"
+        )
+        assert again == first
+        names = ["kiln-tls-webhook.kiln-tls.svc", "kiln-tls-webhook"]
+        assert reissue_reason(first, names) is None
+        vwc = kube.get("validatingwebhookconfiguration", "kiln-tls", None)
+        bundles = {w["clientConfig"].get("caBundle") for w in vwc["webhooks"]}
+        secret = kube.get("secret", "kiln-tls-webhook-tls", "kiln-tls")
+        assert bundles == {secret["data"]["ca.crt"]}
+        operator = ["--kubeconfig", str(kubeconfig), "auth", "can-i"]
+        kubectl = str(REPO_ROOT / ".venv/bin/kubectl")
+
+        def can(*args: str) -> str:
+            proc = subprocess.run([kubectl, *operator, *args], capture_output=True, text=True)
+            return proc.stdout.strip()
+
+        assert can("get", "secrets/kiln-tls-webhook-tls", "-n", "kiln-tls") == "yes"
+        assert can("get", "secrets/other", "-n", "kiln-tls") == "no"
+        assert can("patch", "validatingwebhookconfigurations/other") == "no"
+    finally:
+        helm(kube, "uninstall", "kiln-tls", "-n", "kiln-tls", check=False)
+        kube.kubectl("delete", "secret", "kiln-tls-webhook-tls", "-n", "kiln-tls", check=False)
 
 
 def test_installed_chart_runs_the_operator_with_its_own_service_account(

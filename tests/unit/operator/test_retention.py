@@ -79,3 +79,7 @@ def test_cleanup_job_is_restricted_and_short_lived() -> None:
         "h1",
     ]
     assert pod["volumes"][1]["persistentVolumeClaim"]["claimName"] == "artifacts"
+    # A namespace quota admits only pods that say what they use; scratch has a bound.
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["memory"] and resources["limits"]["memory"]
+    assert pod["volumes"][0]["emptyDir"]["sizeLimit"]
