@@ -45,6 +45,10 @@ TRAINING = TrainingPlan(
     data=DataRef(samples=8, seq_length=256),
     checkpoint_every=8,
 )
+# Learning rates measured on int8_sq, 8 steps, default, AVX2 and AVX-512 kernels, 1 and 2 threads:
+# QAD recovers most at 2e-5 (+21.5-22.8% alone -> +15.5-17.7%; 1e-5 and 4e-5 recover less); QAT
+# at 2e-5 left +3.8-4.5%, too near the gate to hold on every CPU, and +1.3-2.0% at 4e-5.
+QAT_TRAINING = TRAINING.model_copy(update={"learning_rate": 4e-5})
 GATE_PERCENT = 5.0
 
 
@@ -81,6 +85,7 @@ def _report(name: str, manifest: Manifest, seconds: float) -> None:
     )
 
 
+@pytest.mark.numerics
 def test_fp8_passes_a_5_percent_gate(tmp_path: Path) -> None:
     plan = _plan(tmp_path / "store", (PTQPlan(format="fp8", calibration=CALIBRATION),))
     began = time.monotonic()
@@ -95,11 +100,12 @@ def test_fp8_passes_a_5_percent_gate(tmp_path: Path) -> None:
     assert (result.published_dir / "manifest.json").is_file()
 
 
+@pytest.mark.numerics
 def test_int8_sq_fails_the_gate_and_escalation_shows_qad_and_qat_recovering(
     tmp_path: Path,
 ) -> None:
     ptq = PTQPlan(format="int8_sq", calibration=CALIBRATION)
-    escalation = ((ptq, QADPlan(training=TRAINING)), (ptq, QATPlan(training=TRAINING)))
+    escalation = ((ptq, QADPlan(training=TRAINING)), (ptq, QATPlan(training=QAT_TRAINING)))
     plan = _plan(tmp_path / "store", (ptq,), escalation)
     began = time.monotonic()
     result = run_plan(plan, tmp_path / "work")

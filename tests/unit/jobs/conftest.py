@@ -6,22 +6,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.threads import torch_threads
 from tests.unit.jobs.tiny import build_tiny_model
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models on one thread: on a shared 2-core machine a second OpenMP thread made each
-    forward several times slower (spin-waiting beside other jobs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _threads() -> Iterator[None]:
+    """Tiny models on one thread (see `tests.threads`)."""
+    with torch_threads():
+        yield
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Llama + tokenizer as an HF directory (built once per session)."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+    """The tiny Llama + tokenizer as an HF directory (built once per session, on the tests'
+    thread count: the model it trains depends on it)."""
+    with torch_threads():
+        return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -13,7 +13,7 @@ from kiln_jobs import gate
 from kiln_jobs.evaluate import evaluation_tokens, perplexity, windows
 from kiln_jobs.plan import DataRef, EvaluationPlan, PTQPlan, QATPlan, TrainingPlan
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.numerics]
 
 VOCAB = 11
 

@@ -21,6 +21,7 @@ CALIBRATION = DataRef(samples=2, seq_length=32)
 CPU = hardware.Accelerator(device="cpu", name="CPU")
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("fmt", "kv_cache", "quant_algo", "kv_algo", "group_size"),
     [

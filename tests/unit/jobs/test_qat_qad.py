@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kiln_jobs.errors import UserError
+from kiln_jobs.evaluate import evaluation_tokens
 from kiln_jobs.export import export_hf
 from kiln_jobs.model_facts import is_quantized
 from kiln_jobs.plan import DataRef, PTQPlan, QADPlan, QATPlan, TrainingPlan
@@ -18,9 +19,9 @@ from kiln_jobs.sources.models import LoadedModel
 from kiln_jobs.techniques import ptq, qad, qat
 from kiln_jobs.techniques._training import CHECKPOINT_FILE
 from kiln_jobs.techniques.context import ProgressReporter
-from tests.unit.jobs.tiny import context, eval_perplexity, load_tiny
+from tests.unit.jobs.tiny import context, eval_perplexity, eval_ref, load_tiny
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.numerics]
 
 PTQ = PTQPlan(format="int4_awq", calibration=DataRef(samples=2, seq_length=32))
 
@@ -54,6 +55,21 @@ def _quantized(tiny_model_dir: Path, workdir: Path) -> tuple[LoadedModel, Any]:
     return loaded, original
 
 
+def _kl(teacher: Any, student: Any, ids: torch.Tensor) -> float:
+    """KL(teacher || student) summed over the vocabulary, averaged over the tokens of `ids`."""
+    with torch.no_grad():
+        t = torch.log_softmax(teacher(input_ids=ids).logits, dim=-1)
+        s = torch.log_softmax(student(input_ids=ids).logits, dim=-1)
+    return (t.exp() * (t - s)).sum(-1).mean().item()
+
+
+def _held_out(loaded: LoadedModel) -> torch.Tensor:
+    """The evaluation text's windows, which training never sees."""
+    ref = eval_ref()
+    stream = data.token_stream(ref, data.EVAL_ROLE, loaded.tokenizer, Path())
+    return evaluation_tokens(stream, ref).view(ref.samples, ref.seq_length)
+
+
 def test_qat_lowers_the_loss_keeps_the_quantizers_and_exports(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -65,7 +81,9 @@ def test_qat_lowers_the_loss_keeps_the_quantizers_and_exports(
     assert outcome.metrics["steps"] == 6
     assert outcome.metrics["resumed_from_step"] == 0
     assert outcome.metrics["last_loss"] < outcome.metrics["first_loss"]
-    assert eval_perplexity(loaded, outcome.model) < before
+    # The tiny model is undertrained, so next-token training on more license text lowers its
+    # perplexity clearly: 2.2-3.1 % over the default, AVX2 and AVX-512 kernels, 1 and 2 threads.
+    assert eval_perplexity(loaded, outcome.model) < 0.99 * before
     assert (tmp_path / "qat" / CHECKPOINT_FILE).is_file()
     facts = export_hf(outcome.model, loaded.tokenizer, tmp_path / "checkpoint")
     assert facts["quant_algo"] == "W4A16_AWQ"
@@ -103,21 +121,23 @@ def test_qad_distills_from_the_original_with_a_per_token_kl(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     loaded, original = _quantized(tiny_model_dir, tmp_path)
-    before = eval_perplexity(loaded, loaded.model)
+    held_out = _held_out(loaded)
+    before = _kl(original, loaded.model, held_out)
+    training = _training(steps=20, checkpoint_every=10).model_copy(update={"learning_rate": 1e-4})
+    spec = QADPlan(training=training)
     # Step 1's loss, by hand: KL(teacher || student) summed over the vocabulary, averaged over
     # the tokens of the batch (not also over the vocabulary, which would make it ~400x smaller).
-    spec = QADPlan(training=_training().model_copy(update={"learning_rate": 1e-4}))
     batch = data.token_blocks(spec.training.data, "train", loaded.tokenizer, tmp_path)[:2]
-    with torch.no_grad():
-        teacher = torch.log_softmax(original(input_ids=batch).logits, dim=-1)
-        student = torch.log_softmax(loaded.model(input_ids=batch).logits, dim=-1)
-    expected = (teacher.exp() * (teacher - student)).sum(-1).mean().item()
+    expected = _kl(original, loaded.model, batch)
 
     outcome = qad.run(context(loaded, tmp_path / "qad", original=original), spec)
     assert outcome.metrics["first_loss"] == pytest.approx(expected, rel=0.02, abs=1e-4)
     assert is_quantized(outcome.model)
     assert not hasattr(outcome.model, "_teacher_model")  # the plain student comes back
-    assert eval_perplexity(loaded, outcome.model) < before
+    # QAD brings the student closer to its teacher on text it never trained on: 20 steps left
+    # 41-47 % of the quantized model's KL (default, AVX2 and AVX-512 kernels; 1 and 2 threads).
+    # Not perplexity: INT4 costs this model 0.3-0.5 %, and QAD moves it by as little, either way.
+    assert _kl(original, outcome.model, held_out) < 0.6 * before
     facts = export_hf(outcome.model, loaded.tokenizer, tmp_path / "checkpoint")
     assert facts["quant_algo"] == "W4A16_AWQ"
 

@@ -22,7 +22,7 @@ from kiln_jobs.progress import ProgressLog
 from kiln_jobs.runner import Run, run_plan
 from tests.unit.jobs.tiny import tiny_plan
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.numerics]
 
 CALIBRATION = DataRef(samples=2, seq_length=32)
 FP8 = PTQPlan(format="fp8", calibration=CALIBRATION)

@@ -19,7 +19,7 @@ from kiln_jobs.serving.checkpoint import (
     unpack_int4,
 )
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.numerics]
 
 
 def test_unpack_int4_inverts_modelopts_packing() -> None:

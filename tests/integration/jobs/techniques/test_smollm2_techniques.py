@@ -22,7 +22,7 @@ from kiln_jobs.techniques.context import TechniqueContext
 from tests.integration.jobs.techniques import smollm2
 from tests.unit.jobs.techniques.helpers import make_context
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.numerics]
 
 TRAIN = DataRef(samples=16, seq_length=128)
 

@@ -27,7 +27,7 @@ from tests.unit.jobs.techniques.helpers import (
     token_blocks,
 )
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.numerics]
 
 IMPORTANCE = DataRef(samples=4, seq_length=32)
 # The tiny Llama, counted by hand: embeddings 128x64 (tied with lm_head) + final norm 64; per

@@ -28,7 +28,7 @@ from tests.unit.jobs.techniques.helpers import (
     token_blocks,
 )
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.numerics]
 
 EVAL = DataRef(samples=2, seq_length=24)
 MEDUSA_HEADS = 2
