@@ -1,11 +1,22 @@
-"""Benchmark: how fast the operator converges many ModelOptimizations on the test cluster.
+"""Benchmark: Kiln's operator against the smallest controller a user could write instead.
 
-Starts the real control plane with kwok GPU nodes (as the tests do), runs `kiln operator`, applies
-N resources at once (kwok completes their Jobs and readies their Triton pods), and measures the
-time until every one is Ready, plus the operator's reconcile counts and latency from its
-Prometheus metrics.
+On the test cluster (real kube-apiserver, controllers and scheduler; kwok nodes, one of them a
+GPU node big enough for every pod), for each resource count N:
 
-    .venv/bin/python -m bench.operator_scale [--count 50] [--out bench/results]
+1. **The peer** (`bench/peers/bare_kopf.py`, one kopf handler that creates a Job): apply N
+   ModelOptimizations at once, measure each one's latency from the resource's arrival to its
+   Job's arrival, as a watch on the API server sees both.
+2. **Kiln** (`kiln operator`, production settings, no debug logging): the same N resources
+   (distinct recipes, so each gets its own plan and Job) and the same latency; then the time
+   until every one is Ready (the test-only runner stand-in publishes each plan, kwok readies
+   Triton), the operator's peak RSS, reconciles per resource (its metrics), the API requests it
+   made while converging and per minute while nothing changes (counted by a proxy in front of
+   the API server, not by the operator), and a cached re-apply: a new resource with an existing
+   recipe, which must be Ready with no Job.
+
+    .venv/bin/python -m bench.operator_scale [--counts 100 500 2000] [--idle-seconds 60]
+
+Writes bench/results/operator-scale-<time>.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -13,31 +24,242 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
+import signal
+import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from tests.cluster.kube import Cluster
+from kubernetes import client, watch
+from tests.cluster.kube import REPO_ROOT, Cluster
+from tests.cluster.procs import free_port
+from tests.faults import FaultProxy, Rule
 from tests.integration.operator.harness import OperatorProcess, mopt
+from tests.integration.operator.runner_standin import RunnerStandIn
+
+OWNER_LABEL = "kiln.dev/model-optimization"
+GROUP, VERSION, PLURAL = "kiln.dev", "v1alpha1", "modeloptimizations"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass
+class SideResult:
+    """One controller's numbers at one resource count."""
+
+    controller: str
+    resources: int
+    jobs_seen: int = 0
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    seconds_to_all_jobs: float | None = None
+    seconds_to_all_ready: float | None = None
+    busy_seconds_after_ready: float | None = None
+    ready: int = 0
+    peak_rss_mb: float | None = None
+    api_requests_converging: int = 0
+    api_requests_per_resource: float = 0.0
+    idle_api_requests_per_minute: float | None = None
+    reconciles_per_resource: float | None = None
+    mean_reconcile_ms: float | None = None
+    cached_seconds_to_ready: float | None = None
+    cached_new_jobs: int | None = None
+    notes: list[str] = field(default_factory=list)
 
 
-def _ready_count(cluster: Cluster, namespace: str) -> int:
-    out = cluster.kubectl("get", "mopt", "-n", namespace, "-o", "json").stdout
-    items = json.loads(out)["items"]
-    return sum(
-        1 for item in items
-        if any(c["type"] == "Ready" and c["status"] == "True"
-               for c in (item.get("status") or {}).get("conditions") or [])
-    )  # fmt: skip
+class Arrivals:
+    """When each resource and each Job first appeared, by watching the namespace."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.api_client = cluster.api_client()
+        self.namespace = namespace
+        self.resources: dict[str, float] = {}
+        self.jobs: dict[str, float] = {}
+        self._watches: list[watch.Watch] = []
+        self._stopped = False
+        self._threads = [
+            threading.Thread(target=self._watch_resources, daemon=True),
+            threading.Thread(target=self._watch_jobs, daemon=True),
+        ]
+
+    def __enter__(self) -> Arrivals:
+        for thread in self._threads:
+            thread.start()
+        time.sleep(1)  # both watches open before anything is applied
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stopped = True
+        for stream in self._watches:
+            stream.stop()
+
+    def _stream(self, list_call: Callable[..., Any], **kwargs: Any) -> Iterator[dict[str, Any]]:
+        stream = watch.Watch()
+        self._watches.append(stream)
+        try:
+            for event in stream.stream(list_call, **kwargs, timeout_seconds=3600):
+                if event["type"] == "ADDED":
+                    yield event["raw_object"]
+        except Exception:  # the connection closes under a stopped watch
+            if not self._stopped:
+                raise
+
+    def _watch_resources(self) -> None:
+        custom = client.CustomObjectsApi(self.api_client)
+        for obj in self._stream(
+            custom.list_namespaced_custom_object, group=GROUP, version=VERSION,
+            namespace=self.namespace, plural=PLURAL,
+        ):  # fmt: skip
+            self.resources.setdefault(obj["metadata"]["name"], time.monotonic())
+
+    def _watch_jobs(self) -> None:
+        batch = client.BatchV1Api(self.api_client)
+        for job in self._stream(batch.list_namespaced_job, namespace=self.namespace):
+            owner = (job["metadata"].get("labels") or {}).get(OWNER_LABEL)
+            if owner:
+                self.jobs.setdefault(owner, time.monotonic())
+
+    def latencies(self) -> list[float]:
+        return sorted(
+            self.jobs[name] - seen for name, seen in self.resources.items() if name in self.jobs
+        )
+
+
+def _percentile(values: list[float], fraction: float) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(fraction * len(values)))], 3)
+
+
+def _wait(what: str, done: Callable[[], bool], timeout: float) -> float:
+    started = time.monotonic()
+    while not done():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what} not reached in {timeout:.0f} s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+@contextmanager
+def counted_api(cluster: Cluster, workdir: Path) -> Iterator[tuple[Path, Rule]]:
+    """A kubeconfig through a proxy that counts every request the client makes."""
+    proxy = FaultProxy.for_kubeconfig(cluster.kubeconfig, workdir).start()
+    every = Rule("*", ".*", times=0)
+    proxy.add(every)
+    try:
+        yield proxy.kubeconfig(), every
+    finally:
+        proxy.stop()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakRss:
+    """The highest RSS a process reached, sampled every half second."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.peak = max(self.peak, _rss_mb(self.pid))
+            except OSError:
+                return
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(2)
+        return round(self.peak, 1)
+
+
+def _resources(count: int, namespace: str) -> list[dict[str, Any]]:
+    """N resources with distinct recipes (so each has its own plan and Job)."""
+    bodies = []
+    for index in range(count):
+        body = mopt(
+            f"m{index:04d}",
+            engine={"backend": "none"},
+            evaluation={"data": {"samples": index + 1}},
+        )
+        body["metadata"]["namespace"] = namespace
+        bodies.append(body)
+    return bodies
+
+
+def _apply(cluster: Cluster, bodies: list[dict[str, Any]], namespace: str) -> None:
+    for start in range(0, len(bodies), 200):  # keep one kubectl call's input reasonable
+        cluster.apply(*bodies[start : start + 200], namespace=namespace)
+
+
+def _ready_names(cluster: Cluster, namespace: str) -> set[str]:
+    items = json.loads(cluster.kubectl("get", "mopt", "-n", namespace, "-o", "json").stdout)
+    return {
+        item["metadata"]["name"]
+        for item in items["items"]
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (item.get("status") or {}).get("conditions") or []
+        )
+    }
+
+
+def _job_count(cluster: Cluster, namespace: str) -> int:
+    out = cluster.kubectl("get", "jobs", "-n", namespace, "-o", "name").stdout
+    return len(out.split())
+
+
+def run_peer(cluster: Cluster, count: int, workdir: Path) -> SideResult:
+    namespace = f"peer-{count}"
+    cluster.kubectl("create", "namespace", namespace)
+    result = SideResult("bare kopf peer", count)
+    with counted_api(cluster, workdir) as (kubeconfig, requests):
+        peer = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "SIGKILL", "--",
+             str(REPO_ROOT / ".venv/bin/kopf"), "run", "--standalone", "--namespace", namespace,
+             str(REPO_ROOT / "bench/peers/bare_kopf.py")],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            stdout=(workdir / f"peer-{count}.log").open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        rss = PeakRss(peer.pid)
+        try:
+            time.sleep(3)  # kopf starts its watches
+            with Arrivals(cluster, namespace) as arrivals:
+                before = requests.hits
+                started = time.monotonic()
+                _apply(cluster, _resources(count, namespace), namespace)
+                _wait("every peer Job", lambda: len(arrivals.jobs) >= count, 1800)
+                result.seconds_to_all_jobs = round(time.monotonic() - started, 1)
+                result.api_requests_converging = requests.hits - before
+            _record_latencies(result, arrivals)
+        finally:
+            result.peak_rss_mb = rss.stop()
+            peer.terminate()
+            peer.wait(20)
+    result.api_requests_per_resource = round(result.api_requests_converging / count, 2)
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    return result
+
+
+def _record_latencies(result: SideResult, arrivals: Arrivals) -> None:
+    latencies = arrivals.latencies()
+    result.jobs_seen = len(latencies)
+    result.latency_p50_s = _percentile(latencies, 0.5)
+    result.latency_p95_s = _percentile(latencies, 0.95)
 
 
 def _metric(text: str, name: str) -> float:
@@ -48,51 +270,196 @@ def _metric(text: str, name: str) -> float:
     )
 
 
+def run_kiln(cluster: Cluster, count: int, workdir: Path, idle_seconds: float) -> SideResult:
+    namespace = f"kiln-{count}"
+    cluster.kubectl("create", "namespace", namespace)
+    cluster.create_bound_pvc(namespace, "artifacts")
+    result = SideResult("kiln", count)
+    port = free_port()
+    with counted_api(cluster, workdir) as (kubeconfig, requests):
+        operator = OperatorProcess(
+            cluster, workdir, args=("--standalone",), metrics_port=str(port),
+            poll_seconds="10", namespaces=namespace,
+        )  # fmt: skip
+        operator.env["KUBECONFIG"] = str(kubeconfig)
+        operator.start()
+        assert operator.proc is not None
+        rss = PeakRss(operator.proc.pid)
+        try:
+            time.sleep(5)  # kopf starts its watches
+            bodies = _resources(count, namespace)
+            with Arrivals(cluster, namespace) as arrivals:
+                before = requests.hits
+                started = time.monotonic()
+                _apply(cluster, bodies, namespace)
+                _wait("every Kiln Job", lambda: len(arrivals.jobs) >= count, 3600)
+                result.seconds_to_all_jobs = round(time.monotonic() - started, 1)
+                _wait(
+                    "every resource Ready",
+                    lambda: len(_ready_names(cluster, namespace)) >= count,
+                    3600,
+                )
+                result.seconds_to_all_ready = round(time.monotonic() - started, 1)
+            _record_latencies(result, arrivals)
+            result.ready = len(_ready_names(cluster, namespace))
+            result.busy_seconds_after_ready = _quiet_after(requests)
+            result.api_requests_converging = requests.hits - before
+            result.api_requests_per_resource = round(result.api_requests_converging / count, 2)
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            reconciles = _metric(metrics, "kiln_reconciles_total")
+            result.reconciles_per_resource = round(reconciles / count, 2)
+            seconds = _metric(metrics, "kiln_reconcile_seconds_sum")
+            result.mean_reconcile_ms = round(1000 * seconds / max(reconciles, 1.0), 1)
+            result.idle_api_requests_per_minute = _idle_requests(requests, idle_seconds)
+            _cached_reapply(cluster, namespace, bodies[0], result)
+        finally:
+            result.peak_rss_mb = rss.stop()
+            operator.stop()
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    return result
+
+
+def _quiet_after(requests: Rule, timeout: float = 600.0) -> float:
+    """Seconds until the operator makes no request for 5 s: the events of the convergence
+    are worked off (a watch shows the resources Ready before that)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = requests.hits
+        time.sleep(5)
+        if requests.hits == before:
+            return round(time.monotonic() - started - 5, 1)
+    return round(timeout, 1)
+
+
+def _idle_requests(requests: Rule, seconds: float) -> float:
+    """Requests per minute while nothing changes (watches already open are not counted)."""
+    before = requests.hits
+    time.sleep(seconds)
+    return round((requests.hits - before) * 60 / seconds, 1)
+
+
+def _cached_reapply(
+    cluster: Cluster, namespace: str, body: dict[str, Any], result: SideResult
+) -> None:
+    """A new resource with a recipe that is already published: Ready, and no Job."""
+    jobs_before = _job_count(cluster, namespace)
+    again = json.loads(json.dumps(body))
+    again["metadata"]["name"] = "cached"
+    started = time.monotonic()
+    cluster.apply(again, namespace=namespace)
+    _wait("the cached resource Ready", lambda: "cached" in _ready_names(cluster, namespace), 300)
+    result.cached_seconds_to_ready = round(time.monotonic() - started, 1)
+    result.cached_new_jobs = _job_count(cluster, namespace) - jobs_before
+
+
+def _table(results: list[SideResult]) -> str:
+    header = (
+        "| N | controller | job latency p50 / p95 | all Jobs | all Ready | peak RSS "
+        "| API requests / resource | idle requests / min | reconciles / resource "
+        "| cached re-apply |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in results:
+        cached = (
+            f"Ready in {r.cached_seconds_to_ready} s, {r.cached_new_jobs} new Jobs"
+            if r.cached_seconds_to_ready is not None
+            else "—"
+        )
+        idle = "—" if r.idle_api_requests_per_minute is None else r.idle_api_requests_per_minute
+        rows.append(
+            f"| {r.resources} | {r.controller} | {r.latency_p50_s} / {r.latency_p95_s} s | "
+            f"{r.seconds_to_all_jobs} s | {r.seconds_to_all_ready or '—'} s | {r.peak_rss_mb} MB | "
+            f"{r.api_requests_per_resource} | {idle} | {r.reconciles_per_resource or '—'} | "
+            f"{cached} |"
+        )
+    return header + "\n".join(rows) + "\n"
+
+
+def _ratios(results: list[SideResult]) -> dict[str, float | None]:
+    by = {(r.controller, r.resources): r for r in results}
+    ratios: dict[str, float | None] = {}
+    for (controller, count), kiln in by.items():
+        peer = by.get(("bare kopf peer", count))
+        if controller == "kiln" and peer and kiln.latency_p50_s and peer.latency_p50_s:
+            ratios[str(count)] = round(kiln.latency_p50_s / peer.latency_p50_s, 2)
+    return ratios
+
+
+def _plot(results: list[SideResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for controller in ("bare kopf peer", "kiln"):
+        rows = [r for r in results if r.controller == controller]
+        counts = [r.resources for r in rows]
+        axes[0].plot(counts, [r.latency_p50_s for r in rows], "o-", label=f"{controller} p50")
+        axes[0].plot(counts, [r.latency_p95_s for r in rows], "x--", label=f"{controller} p95")
+        axes[2].plot(counts, [r.peak_rss_mb for r in rows], "o-", label=controller)
+    kiln = [r for r in results if r.controller == "kiln"]
+    axes[1].plot(
+        [r.resources for r in kiln], [r.seconds_to_all_ready for r in kiln], "o-", label="all Ready"
+    )
+    axes[1].plot(
+        [r.resources for r in kiln], [r.seconds_to_all_jobs for r in kiln], "x--", label="all Jobs"
+    )
+    titles = ("resource → Job latency (s)", "Kiln: seconds until", "peak RSS (MB)")
+    for axis, title in zip(axes, titles, strict=True):
+        axis.set_title(title)
+        axis.set_xlabel("resources")
+        axis.set_xscale("log")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def main() -> int:
+    # SIGTERM unwinds like Ctrl-C, so every process and the cluster are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--count", type=int, default=50)
+    parser.add_argument("--counts", type=int, nargs="+", default=[100, 500, 2000])
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--no-peer", action="store_true", help="measure Kiln only")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
-    port = _free_port()
+    results: list[SideResult] = []
     with Cluster() as cluster, tempfile.TemporaryDirectory() as scratch:
-        namespace = "bench"
-        cluster.kubectl("create", "namespace", namespace)
-        cluster.create_bound_pvc(namespace, "artifacts")
-        operator = OperatorProcess(
-            cluster, Path(scratch), metrics_port=str(port), poll_seconds="2"
-        ).start()
+        # One GPU node that fits every pod: the subject is the controllers, not capacity.
+        cluster.add_node(
+            "gpu-bench", gpu="H100", gpus=100_000, pods="100000", cpu="100000", memory="1000Ti"
+        )
+        standin = RunnerStandIn(cluster).start()
         try:
-            # Triton on CPU (backend none): the point is the operator, not GPU capacity.
-            bodies = [mopt(f"m{i:03d}", engine={"backend": "none"}) for i in range(args.count)]
-            started = time.monotonic()
-            cluster.apply(*bodies, namespace=namespace)
-            ready = 0
-            while ready < args.count and time.monotonic() - started < 1800:
-                time.sleep(2)
-                ready = _ready_count(cluster, namespace)
-            seconds = time.monotonic() - started
-            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            for count in args.counts:
+                if not args.no_peer:
+                    results.append(run_peer(cluster, count, Path(scratch)))
+                    print(json.dumps(asdict(results[-1])), flush=True)
+                results.append(run_kiln(cluster, count, Path(scratch), args.idle_seconds))
+                print(json.dumps(asdict(results[-1])), flush=True)
         finally:
-            operator.stop()
-    result = {
+            standin.stop()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
-        "resources": args.count,
-        "ready": ready,
-        "seconds_to_all_ready": round(seconds, 1),
-        "reconciles": _metric(metrics, "kiln_reconciles_total"),
-        "reconcile_seconds_sum": round(_metric(metrics, "kiln_reconcile_seconds_sum"), 2),
-        "reconcile_errors": _metric(metrics, "kiln_reconcile_errors_total"),
+        "kiln_p50_over_peer_p50": _ratios(results),
+        "results": [asdict(r) for r in results],
     }
-    result["mean_reconcile_ms"] = round(
-        1000 * result["reconcile_seconds_sum"] / max(1.0, result["reconciles"]), 1
+    base = args.out / f"operator-scale-{stamp}"
+    base.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    base.with_suffix(".md").write_text(
+        f"Operator vs bare kopf peer, {summary['date']}, {summary['cpus']} CPUs\n\n"
+        + _table(results)
+        + f"\nKiln p50 / peer p50: {summary['kiln_p50_over_peer_p50']}\n"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"operator-scale-{datetime.now(UTC).strftime('%Y%m%d-%H%M')}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print(f"wrote {path}")
-    return 0 if ready == args.count else 1
+    _plot(results, base.with_suffix(".png"))
+    print(base.with_suffix(".md").read_text())
+    print(f"wrote {base}.json, .md, .png")
+    return 0
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ class Reconciler:
         self.config = config
         self.clock = PhaseClock()
         self._locks: dict[str, threading.Lock] = {}
+        # Resources with a reconcile waiting for their lock: it will read everything that
+        # happened before it starts, so a further trigger meanwhile adds nothing.
+        self._waiting: set[str] = set()
         self._guard = threading.Lock()
         self._last_done: dict[str, float] = {}
         self.smoke = SmokeScheduler(config.smoke_timeout_seconds, self._after_smoke)
@@ -70,10 +73,28 @@ class Reconciler:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def reconcile(self, namespace: str, name: str, *, periodic: bool = False) -> Decision | None:
-        """Read the resource and its children, decide, apply. Returns what was decided."""
+    def reconcile(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        periodic: bool = False,
+        seen: dict[str, Any] | None = None,
+    ) -> Decision | None:
+        """Read the resource and its children, decide, apply. Returns what was decided.
+
+        `seen` is the resource as the watch last delivered it: a periodic look at a settled
+        resource then costs no API request at all."""
         key = f"{namespace}/{name}"
+        if periodic and seen is not None and self._settled(key, seen):
+            return None
+        with self._guard:
+            if key in self._waiting:
+                return None  # coalesced into the reconcile already waiting
+            self._waiting.add(key)
         with self._lock(key):
+            with self._guard:
+                self._waiting.discard(key)
             body = self.api.get_resource(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 self._forget(key)
@@ -82,7 +103,7 @@ class Reconciler:
                 return None
             started = time.monotonic()
             try:
-                decision = self._decide(body)
+                decision = self._decide(body, resync=periodic)
                 try:
                     self.api.execute(decision, body)
                 except ChildRejected as rejected:
@@ -120,12 +141,13 @@ class Reconciler:
         current = status.get("observedGeneration") == body["metadata"].get("generation")
         return fresh and current and status.get("phase") in ("Ready", "Failed")
 
-    def _decide(self, body: dict[str, Any]) -> Decision:
+    def _decide(self, body: dict[str, Any], *, resync: bool = False) -> Decision:
         prepared = prepare(body, self.config)
         now = now_rfc3339()
         if not isinstance(prepared, Prepared):
             return decide_invalid(body, prepared, now)
         observed = self.api.observe(prepared, self.config)
+        observed.resync = resync
         if observed.job is not None:
             state = view_job(observed.job, observed.job_pods).state
             self.clock.observe(

@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kiln_operator.api import GROUP, PLURAL, VERSION
+from kiln_operator.child_events import ChildChanges, Debouncer
 from kiln_operator.controller import Reconciler, artifacts_given_up, remove_artifacts
 from kiln_operator.naming import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL
 
@@ -32,9 +33,9 @@ def register(
     resource = (GROUP, VERSION, PLURAL)
     poll = reconciler.config.poll_seconds
 
-    def converge(namespace: str, name: str, *, periodic: bool = False) -> None:
+    def converge(namespace: str, name: str, *, periodic: bool = False, seen: Any = None) -> None:
         try:
-            reconciler.reconcile(namespace, name, periodic=periodic)
+            reconciler.reconcile(namespace, name, periodic=periodic, seen=seen)
         except ApiException as error:
             if error.status in (409, 429) or error.status >= 500:
                 raise kopf.TemporaryError(
@@ -52,8 +53,8 @@ def register(
 
     # Errors are logged and the next tick retries: a timer never needs kopf's retry loop.
     @kopf.timer(*resource, interval=poll, registry=registry, errors=kopf.ErrorsMode.IGNORED)
-    def on_tick(*, name: str, namespace: str | None, **_: Any) -> None:
-        converge(namespace or "default", name, periodic=True)
+    def on_tick(*, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+        converge(namespace or "default", name, periodic=True, seen=dict(body))
 
     def retention_is_delete(spec: kopf.Spec, **_: Any) -> bool:
         return bool((spec.get("artifacts") or {}).get("retention") == "delete")
@@ -77,27 +78,42 @@ def register(
             raise
 
     optimize = {**_MANAGED, COMPONENT_LABEL: "optimize"}
+    changes = ChildChanges()
     serving = {**_MANAGED, COMPONENT_LABEL: "serving"}
 
     @kopf.on.event("batch", "v1", "jobs", labels=optimize, registry=registry)
     @kopf.on.event("v1", "pods", labels=optimize, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", labels=serving, registry=registry)
     def on_child(
-        *, labels: Mapping[str, str], namespace: str | None, type: str | None, **_: Any
+        *,
+        labels: Mapping[str, str],
+        namespace: str | None,
+        type: str | None,
+        body: kopf.Body,
+        resource: kopf.Resource,
+        **_: Any,
     ) -> None:
         owner = labels.get(OWNER_LABEL)
         if owner is None or namespace is None or type is None:
             return  # type None: the initial listing; the resume handler covers it
-        try:
-            reconciler.reconcile(namespace, owner)
-        except (ApiException, HTTPError, OSError) as error:
-            # The next event or tick retries; a namespace being deleted refuses writes (403).
-            status = getattr(error, "status", None)
-            level = logging.DEBUG if status in (403, 404, 409) else logging.WARNING
-            logger.log(
-                level,
-                "reconcile of %s/%s after a child event failed: %s",
-                namespace,
-                owner,
-                getattr(error, "reason", None) or error,
-            )
+        if changes.changed(type, resource.kind or "", body):
+            debouncer.trigger(f"{namespace}/{owner}")
+
+    def reconcile_owner(key: str) -> None:
+        namespace, name = key.split("/", 1)
+        reconciler.reconcile(namespace, name)
+
+    def child_reconcile_failed(key: str, error: BaseException) -> None:
+        # The next event or tick retries; a namespace being deleted refuses writes (403).
+        status = getattr(error, "status", None)
+        expected = isinstance(error, (ApiException, HTTPError, OSError))
+        level = logging.DEBUG if status in (403, 404, 409) else logging.WARNING
+        logger.log(
+            level,
+            "reconcile of %s after a child event failed: %s",
+            key,
+            getattr(error, "reason", None) or error,
+            exc_info=not expected,
+        )
+
+    debouncer = Debouncer(reconcile_owner, on_error=child_reconcile_failed)

@@ -169,6 +169,20 @@ class KubeApi:
             prepared.plan.output.store, plan_hash, cfg.store_mounts, namespace,
             prepared.plan.scope,
         )  # fmt: skip
+        # A resource Kiln never wrote a status for has made no children yet: its first
+        # reconcile reads none (a child left by a failed first try answers its create with 409).
+        if (prepared.body.get("status") or {}).get("planHash"):
+            self._observe_children(observed, prepared, namespace, name)
+        if observed.published is None and observed.job is None:
+            observed.missing_claims = self._missing_claims(namespace, prepared)
+            if cfg.max_running_jobs:
+                observed.running_jobs = self._running_jobs()
+        return observed
+
+    def _observe_children(
+        self, observed: Observed, prepared: Prepared, namespace: str, name: str
+    ) -> None:
+        plan_hash = prepared.plan_hash
         observed.job = self._get("Job", namespace, job_name(name, plan_hash))
         if observed.job is not None:
             observed.job_pods = self._job_pods(namespace, observed.job)
@@ -181,11 +195,6 @@ class KubeApi:
         stale = f"{OWNER_LABEL}={name},{HASH_LABEL}!={short_hash(plan_hash)}"
         observed.stale_jobs = self._names("Job", namespace, stale)
         observed.stale_configmaps = self._names("ConfigMap", namespace, stale)
-        if observed.published is None and observed.job is None:
-            observed.missing_claims = self._missing_claims(namespace, prepared)
-            if cfg.max_running_jobs:
-                observed.running_jobs = self._running_jobs()
-        return observed
 
     def _get(self, kind: str, namespace: str, name: str) -> Obj | None:
         api_version, real_kind = _KINDS[kind]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 __all__ = [
+    "APPLIED_ANNOTATION",
     "COMPONENT_LABEL",
     "HASH_LABEL",
     "MANAGED_BY_LABEL",
@@ -26,6 +27,8 @@ __all__ = [
 
 OWNER_LABEL = "kiln.dev/model-optimization"
 HASH_LABEL = "kiln.dev/plan-hash"
+# On the Triton Deployment: the digest of the serving children as last written.
+APPLIED_ANNOTATION = "kiln.dev/applied-digest"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY = "kiln"

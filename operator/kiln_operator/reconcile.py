@@ -8,6 +8,8 @@ record in `status`), never in the operator's memory.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -49,7 +51,13 @@ from kiln_operator.conditions import (
 )
 from kiln_operator.config import OperatorConfig
 from kiln_operator.jobstate import view_job
-from kiln_operator.naming import HASH_LABEL, job_name, service_name, short_hash
+from kiln_operator.naming import (
+    APPLIED_ANNOTATION,
+    HASH_LABEL,
+    job_name,
+    service_name,
+    short_hash,
+)
 from kiln_operator.policy import policy_problems
 from kiln_operator.published import Published
 from kiln_operator.validation import Problem, parse_resource
@@ -109,6 +117,8 @@ class Observed:
     missing_claims: list[str] = field(default_factory=list)
     # The Job controller's latest FailedCreate message while the Job has no pod.
     job_create_failure: str | None = None
+    # A periodic look rather than an event: write every child again, changed or not.
+    resync: bool = False
     running_jobs: int = 0
     smoke: SmokeResult | None = None
 
@@ -465,6 +475,43 @@ def _init_failure(pods: list[Obj]) -> str | None:
     return None
 
 
+def _serving_children(
+    decision: Decision,
+    prepared: Prepared,
+    observed: Observed,
+    config: OperatorConfig,
+    published: Published,
+    status: _Status,
+) -> None:
+    """The admin Secret, Service, Deployment and PDB, written unless the Deployment already
+    carries the digest of exactly these (a child event then needs no writes; the periodic
+    look writes them all again, which repairs what someone changed by hand)."""
+    body, resource = prepared.body, prepared.resource
+    secret = _owned(build_admin_secret(resource), body)
+    service = _owned(build_service(resource), body)
+    deployment = _owned(
+        build_deployment(
+            resource, prepared.plan, checkpoint=published.checkpoint,
+            runtime=published.serving_runtime or status.previous.serving_runtime, config=config,
+            manifest_digest=published.manifest_digest or status.previous.manifest_digest,
+        ),
+        body,
+    )  # fmt: skip
+    pdb = build_pdb(resource)
+    desired = [secret, service, deployment, pdb]
+    digest = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:16]
+    deployment["metadata"].setdefault("annotations", {})[APPLIED_ANNOTATION] = digest
+    applied = ((observed.deployment or {}).get("metadata") or {}).get("annotations") or {}
+    if applied.get(APPLIED_ANNOTATION) == digest and not observed.resync:
+        return
+    decision.secrets.append(secret)
+    decision.apply += [service, deployment]
+    if pdb:
+        decision.apply.append(_owned(pdb, body))
+    else:
+        decision.delete.append(("PodDisruptionBudget", service_name(resource.metadata.name)))
+
+
 def _serve(
     status: _Status,
     prepared: Prepared,
@@ -473,23 +520,11 @@ def _serve(
     published: Published,
 ) -> Decision:
     """Artifacts are published: roll out Triton, smoke-test it, report Ready."""
-    body, resource = prepared.body, prepared.resource
+    resource = prepared.resource
     plan_hash = prepared.plan_hash
     serving = resource.spec.serving
     decision = Decision(status={})
-    decision.secrets.append(_owned(build_admin_secret(resource), body))
-    decision.apply.append(_owned(build_service(resource), body))
-    deployment = build_deployment(
-        resource, prepared.plan, checkpoint=published.checkpoint,
-        runtime=published.serving_runtime or status.previous.serving_runtime, config=config,
-        manifest_digest=published.manifest_digest or status.previous.manifest_digest,
-    )  # fmt: skip
-    decision.apply.append(_owned(deployment, body))
-    pdb = build_pdb(resource)
-    if pdb:
-        decision.apply.append(_owned(pdb, body))
-    else:
-        decision.delete.append(("PodDisruptionBudget", service_name(resource.metadata.name)))
+    _serving_children(decision, prepared, observed, config, published, status)
     endpoints = endpoints_of(resource)
     endpoint = endpoints.http
     if serving.replicas == 0:

@@ -120,7 +120,8 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [KILN, "operator", *self.args],
+            # Dies with the test process, however that ends (a killed run leaves no operator).
+            ["setpriv", "--pdeathsig", "SIGKILL", "--", KILN, "operator", *self.args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

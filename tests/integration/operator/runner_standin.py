@@ -24,6 +24,7 @@ from kiln_jobs.manifest import CheckpointInfo, Manifest, Metrics
 from kiln_jobs.plan import Plan
 from kiln_jobs.publish import DirectoryStore, digest_files
 from kiln_jobs.serving.repository import write_repository
+from kiln_operator.naming import COMPONENT_LABEL
 from tests.cluster.kube import Cluster
 from tests.cluster.stages import FATE_LABEL
 
@@ -61,12 +62,13 @@ class RunnerStandIn:
             try:
                 self._pass()
             except Exception as error:  # the API server may be restarting: next pass
-                log.warning("runner stand-in: %s", error)
+                log.warning("runner stand-in: %r", error)
 
     def _pass(self) -> None:
         out = self.kube.kubectl(
             "get", "pods", "-A", "-o", "json",
-            "-l", f"{RUNNER_LABEL}=stand-in,{FATE_LABEL}=run-forever",
+            # Job pods only: a resource's pod labels reach its Triton pods too.
+            "-l", f"{RUNNER_LABEL}=stand-in,{FATE_LABEL}=run-forever,{COMPONENT_LABEL}=optimize",
         ).stdout  # fmt: skip
         for pod in json.loads(out)["items"]:
             if (pod.get("status") or {}).get("phase") == "Running":
