@@ -83,3 +83,18 @@ def test_cleanup_job_is_restricted_and_short_lived() -> None:
     resources = pod["containers"][0]["resources"]
     assert resources["requests"]["memory"] and resources["limits"]["memory"]
     assert pod["volumes"][0]["emptyDir"]["sizeLimit"]
+
+
+def test_giving_up_on_the_artifacts_leaves_a_warning_event() -> None:
+    from types import SimpleNamespace
+
+    from kiln_operator.controller import artifacts_given_up
+
+    events: list = []
+    reconciler = SimpleNamespace(api=SimpleNamespace(post_event=lambda body, e: events.append(e)))
+    body = _body("a", "h1", "u1")
+    artifacts_given_up(reconciler, body, 60, RuntimeError("the cleanup Job failed"))  # type: ignore[arg-type]
+    (event,) = events
+    assert (event.type, event.reason) == ("Warning", "ArtifactsNotRemoved")
+    assert "plan h1 after 60 tries (the cleanup Job failed)" in event.message
+    assert "remove them by hand" in event.message
