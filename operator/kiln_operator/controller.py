@@ -40,6 +40,11 @@ __all__ = ["Reconciler", "artifacts_given_up", "outcome", "remove_artifacts"]
 
 # Ready resources are re-examined this often even when nothing about them changed.
 _RESYNC_READY_SECONDS = 300.0
+# Phases that events move (the Deployment's rollout, the smoke test's answer): a look this often
+# is the safety net for an event that never came. Other phases wait on what no watch shows (a
+# log's progress, a claim or Secret appearing, a free Job slot) and are looked at every poll.
+_EVENT_DRIVEN_PHASES = ("Deploying",)
+_RESYNC_WAITING_SECONDS = 60.0
 
 
 class Reconciler:
@@ -135,11 +140,19 @@ class Reconciler:
             self.api.log.log(level, "%s: %s", key, summary)
 
     def _settled(self, key: str, body: dict[str, Any]) -> bool:
-        """A Ready resource that was examined recently needs no periodic look."""
+        """Whether a periodic look would learn nothing: the resource was examined recently
+        enough for its phase (Ready and Failed rarely, phases that events move now and then,
+        the rest every poll)."""
         status = body.get("status") or {}
-        fresh = time.monotonic() - self._last_done.get(key, 0.0) < _RESYNC_READY_SECONDS
-        current = status.get("observedGeneration") == body["metadata"].get("generation")
-        return fresh and current and status.get("phase") in ("Ready", "Failed")
+        if status.get("observedGeneration") != body["metadata"].get("generation"):
+            return False
+        phase = status.get("phase")
+        age = time.monotonic() - self._last_done.get(key, 0.0)
+        if phase in ("Ready", "Failed"):
+            return age < _RESYNC_READY_SECONDS
+        if phase in _EVENT_DRIVEN_PHASES:
+            return age < _RESYNC_WAITING_SECONDS
+        return False
 
     def _decide(self, body: dict[str, Any], *, resync: bool = False) -> Decision:
         prepared = prepare(body, self.config)
