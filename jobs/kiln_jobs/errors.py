@@ -12,6 +12,7 @@ from enum import IntEnum
 
 __all__ = [
     "AccuracyGateFailed",
+    "AnomalousImprovement",
     "ExitCode",
     "KilnJobError",
     "MissingCredentials",
@@ -82,6 +83,13 @@ class AccuracyGateFailed(KilnJobError):
 
     exit_code = ExitCode.ACCURACY_GATE_FAILED
     reason = "AccuracyGateFailed"
+
+
+class AnomalousImprovement(AccuracyGateFailed):
+    """The optimized model scored better than the baseline by more than the standard error on a
+    task, and nothing else failed: suspect the measurement before publishing."""
+
+    reason = "AnomalousImprovement"
 
 
 class ResourceExhausted(KilnJobError):

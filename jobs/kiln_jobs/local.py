@@ -287,6 +287,7 @@ def format_report(report: LocalReport) -> str:
         f"  published    {report.publish_dir}{' (reused)' if report.reused else ''}",
         f"  techniques   {manifest.plan.summary()}  [{manifest.checkpoint.quant_algo or 'none'}]",
         f"  perplexity   {_perplexity_line(manifest)}",
+        *(f"  task         {task.summary()}" for task in metrics.tasks or []),
         f"  size         {_size(metrics.baseline_size_bytes)} -> {_size(metrics.size_bytes)}",
         f"  stages       {_stage_line(manifest)}",
     ]

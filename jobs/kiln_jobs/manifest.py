@@ -27,6 +27,7 @@ __all__ = [
     "Progress",
     "Speculation",
     "StageResult",
+    "TaskResult",
 ]
 
 MANIFEST_API_VERSION: Final = "kiln.dev/manifest-v1"
@@ -63,6 +64,38 @@ class FileDigest(_Model):
         return path
 
 
+class TaskResult(_Model):
+    """One lm-evaluation-harness task, baseline against optimized, as the gate judged it.
+
+    The same shape in the manifest's `metrics.tasks`, in each attempt and in the resource's
+    `status.metrics.tasks`. Scores are in the metric's own units (acc runs 0-1).
+    """
+
+    name: str
+    metric: str
+    baseline: float
+    optimized: float
+    # The larger of the two runs' standard errors; None when lm-eval reports none.
+    stderr: float | None = None
+    # Samples scored, the same for the baseline and the optimized model.
+    samples: int = Field(ge=0)
+    passed: bool
+    # Why it failed or was flagged (`kiln_jobs.gate`): BelowMinRecovery, AboveMaxDrop or
+    # AnomalousImprovement (which blocks unless the task allows improvement or has no
+    # threshold); None when there is nothing to say.
+    reason: str | None = None
+
+    def summary(self, arrow: str = "->") -> str:
+        """`arc_easy acc 0.520 -> 0.510 (±0.079, 40 samples) passed`, for reports."""
+        stderr = f"±{self.stderr:.3f}, " if self.stderr is not None else ""
+        verdict = "passed" if self.passed else "failed"
+        reason = f" ({self.reason})" if self.reason else ""
+        return (
+            f"{self.name} {self.metric} {self.baseline:.3f} {arrow} {self.optimized:.3f} "
+            f"({stderr}{self.samples} samples) {verdict}{reason}"
+        )
+
+
 class Metrics(_Model):
     """Measured numbers; a field is None when the stage that measures it did not run."""
 
@@ -78,6 +111,8 @@ class Metrics(_Model):
     acceptance_length: float | None = None
     latency_ms: float | None = None
     tokens_per_second: float | None = None
+    # The Plan's tasks, scored on the published model (or, when the gate failed, the last try).
+    tasks: list[TaskResult] | None = None
 
 
 class CheckpointInfo(_Model):
@@ -132,6 +167,7 @@ class Attempt(_Model):
     degradation_percent: float | None = None
     passed: bool
     seconds: float | None = None
+    tasks: list[TaskResult] | None = None
 
 
 class Manifest(_Model):
@@ -209,14 +245,19 @@ class JobResult(_Model):
     manifest_digest: str | None = None
 
     def to_termination_message(self) -> str:
-        """Compact JSON under Kubernetes' limit; stage details, then attempts, are dropped first
-        if needed."""
+        """Compact JSON under Kubernetes' limit; stage details, then the attempts' task results,
+        the attempts and the published task results are dropped first if needed (the manifest
+        keeps them all)."""
         text = self.model_dump_json(exclude_none=True)
         if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
             return text
+        attempts = [a.model_copy(update={"tasks": None}) for a in self.attempts]
+        metrics = self.metrics and self.metrics.model_copy(update={"tasks": None})
         for slim in (
             self.model_copy(update={"stages": []}),
+            self.model_copy(update={"stages": [], "attempts": attempts}),
             self.model_copy(update={"stages": [], "attempts": []}),
+            self.model_copy(update={"stages": [], "attempts": [], "metrics": metrics}),
         ):
             text = slim.model_dump_json(exclude_none=True)
             if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:

@@ -4,11 +4,12 @@ The operator compiles a `ModelOptimization` spec into a Plan, mounts it into the
 the runner executes it; `kiln run` does the same on one machine. Every default is resolved at
 compile time, so a Plan read alone says exactly what will run.
 
-`Plan.hash()` covers the recipe (model, techniques, evaluation, export, engine, serving, target
-hardware and runtime image) and the cache scope. It is the cache key of the published artifacts:
-two resources with the same recipe in the same scope share `<store>/<hash>/`. The scope is the
-resource's namespace unless the platform team configured a sharing domain, so one tenant never
-serves what another published (the same `pvc://models/llama` in two namespaces is two models).
+`Plan.hash()` covers the recipe (model, techniques, evaluation with its tasks, export, engine,
+serving, target hardware and runtime image) and the cache scope. It is the cache key of the
+published artifacts: two resources with the same recipe in the same scope share
+`<store>/<hash>/`. The scope is the resource's namespace unless the platform team configured a
+sharing domain, so one tenant never serves what another published (the same
+`pvc://models/llama` in two namespaces is two models).
 Where the work is stored and which resource asked for it are not part of the hash.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +39,7 @@ __all__ = [
     "QATPlan",
     "ServingPlan",
     "SpeculativePlan",
+    "TaskPlan",
     "Technique",
     "TrainingPlan",
     "technique_label",
@@ -150,8 +152,33 @@ Technique = Annotated[
 ]
 
 
+class TaskPlan(_Frozen):
+    """An lm-evaluation-harness task scored on the baseline and on every optimized model.
+
+    `source` None means a task lm-eval ships (`name` is looked up in its registry); otherwise a
+    directory (`file://`, `pvc://`, `s3://`) holding the task's YAML and data, whose relative
+    paths are read from that directory. The gate on the task is `min_recovery` (optimized score
+    over baseline score) or `max_drop` (baseline minus optimized, in the metric's units), or
+    neither (measured and reported, never blocking). `allow_improvement` accepts an optimized
+    score above the baseline by more than the standard error, which is otherwise an anomaly.
+    """
+
+    name: str
+    source: str | None = None
+    limit: int = Field(gt=0)
+    # lm-eval's metric key: `acc`, or with the filter that produced it, `exact_match,strict-match`.
+    metric: str = "acc"
+    min_recovery: float | None = Field(default=None, gt=0)
+    max_drop: float | None = Field(default=None, ge=0)
+    allow_improvement: bool = False
+
+    def gated(self) -> bool:
+        """Whether the task can fail the gate (it has a threshold)."""
+        return self.min_recovery is not None or self.max_drop is not None
+
+
 class EvaluationPlan(_Frozen):
-    """Perplexity before and after, and the accuracy gate between them."""
+    """Perplexity and task scores before and after, and the accuracy gate between them."""
 
     metric: Literal["perplexity"] = "perplexity"
     data: DataRef
@@ -162,6 +189,8 @@ class EvaluationPlan(_Frozen):
     # Further technique stacks to try, in order, when the gate fails and on_gate_failure is
     # "escalate". Each is a whole stack applied to the freshly loaded model.
     escalation: tuple[tuple[Technique, ...], ...] = ()
+    # Scored after perplexity, with the same samples for the baseline and every attempt.
+    tasks: tuple[TaskPlan, ...] = ()
 
 
 class ExportPlan(_Frozen):
@@ -235,7 +264,13 @@ class Plan(_Frozen):
 
     def recipe(self) -> dict[str, object]:
         """The hashed part of the Plan as plain JSON data."""
-        return self.model_dump(mode="json", exclude=set(_UNHASHED_FIELDS))
+        recipe: dict[str, Any] = self.model_dump(mode="json", exclude=set(_UNHASHED_FIELDS))
+        evaluation = recipe["evaluation"]
+        # A Plan without tasks keeps the hash it had before tasks existed, so what was published
+        # then is still found (and not optimized again) after an upgrade.
+        if not evaluation["tasks"]:
+            del evaluation["tasks"]
+        return recipe
 
     def hash(self) -> str:
         """A stable 16-hex-digit digest of the recipe, the artifacts' cache key."""

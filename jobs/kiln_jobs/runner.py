@@ -4,12 +4,14 @@ Stages, in order (each reports progress and ends up in the manifest's `stages`):
 
 1. `preflight`: is the work already published (then return the manifest: a no-op)? Can this
    machine run every technique of every stack that may be tried (e.g. NVFP4 needs Blackwell)?
-   Are the store's credentials there? All before any model is loaded.
+   Are the store's credentials there, the task sources and the tasks? All before any model is
+   loaded.
 2. `load`: the model and tokenizer (`sources.models`), and the evaluation text.
-3. `baseline`: perplexity of the loaded model (`evaluate`).
-4. Each technique of the stack, in order (`techniques.registry`), then `evaluate` and the gate
-   (`gate`). When the gate fails and the Plan escalates, the next stack runs on a fresh copy of
-   the loaded model; every try is recorded as an `Attempt`.
+3. `baseline`: perplexity of the loaded model (`evaluate`) and its task scores (`tasks`), once.
+4. Each technique of the stack, in order (`techniques.registry`), then `evaluate` (perplexity and
+   the same tasks on the same samples) and the gate (`gate`). When the gate fails and the Plan
+   escalates, the next stack runs on a fresh copy of the loaded model; every try is recorded as
+   an `Attempt`, with its task results.
 5. `export`: the unified HF checkpoint, and the legacy TensorRT-LLM checkpoint if asked
    (`export`), written into the store's staging directory.
 6. `engine` and `repository`: TensorRT-LLM engines when the Plan builds them, and the Triton model
@@ -41,7 +43,7 @@ from typing import Any
 
 import torch
 
-from kiln_jobs import gate, hardware
+from kiln_jobs import gate, hardware, tasks
 from kiln_jobs.contract import CHECKPOINT_DIR, ENGINE_DIR, TRITON_DIR
 from kiln_jobs.errors import (
     AccuracyGateFailed,
@@ -60,6 +62,7 @@ from kiln_jobs.manifest import (
     Manifest,
     Metrics,
     StageResult,
+    TaskResult,
 )
 from kiln_jobs.model_facts import count_parameters, parameter_bytes
 from kiln_jobs.plan import DataRef, ModelRef, Plan, QADPlan, Technique, technique_label
@@ -152,10 +155,12 @@ _TECHNIQUE_WEIGHTS = {
 
 def stage_weights(plan: Plan) -> list[tuple[str, float]]:
     """The stages a run of `plan` goes through when its first stack passes, with weights."""
-    stages = [("preflight", 0.5), ("load", 5.0), ("baseline", 5.0)]
+    # Each task costs about what the perplexity windows do.
+    evaluation_weight = 5.0 * (1 + len(plan.evaluation.tasks))
+    stages = [("preflight", 0.5), ("load", 5.0), ("baseline", evaluation_weight)]
     stages += [(technique_label(t), _TECHNIQUE_WEIGHTS[t.kind]) for t in plan.techniques]
     if plan.techniques:
-        stages.append(("evaluate", 5.0))
+        stages.append(("evaluate", evaluation_weight))
     engine_weight = 25.0 if plan.engine.backend == "tensorrt-llm" else 0.5
     stages += [
         ("export", 4.0),
@@ -182,6 +187,8 @@ class Run:
         self.metrics = Metrics()
         self.checkpoint_facts: dict[str, Any] = {}
         self.device = torch.device("cpu")  # set by the preflight stage
+        self.tasks: list[tasks.PreparedTask] = []  # set by the preflight stage
+        self.baseline_scores: list[tasks.TaskScore] = []  # set by the baseline stage
         self._blocks: dict[tuple[DataRef, str], torch.Tensor] = {}
         progress.expect(stage_weights(plan))
 
@@ -232,6 +239,7 @@ class Run:
                 for technique in stack:
                     registry.preflight(technique, accelerator)
             self._preflight_engine()
+            self.tasks = tasks.prepare(self.plan.evaluation.tasks, self.cache_dir)
             self.device = torch.device("cuda" if accelerator.is_cuda else "cpu")
             self._use_kernel_cache(accelerator)
             progress(100.0, f"running on {accelerator.name}")
@@ -250,6 +258,9 @@ class Run:
 
         with self._stage("baseline") as progress:
             baseline = self._perplexity(loaded.model, eval_tokens, progress)
+            self.baseline_scores = tasks.score_tasks(
+                loaded.model, loaded.tokenizer, self.tasks, progress
+            )
             self.metrics.baseline_perplexity = baseline
             self.metrics.params_before = count_parameters(loaded.model)
             self.metrics.baseline_size_bytes = parameter_bytes(loaded.model)
@@ -295,10 +306,12 @@ class Run:
             if stack:
                 with self._stage(f"evaluate{suffix}") as progress:
                     measured = self._perplexity(model, eval_tokens, progress)
+                    scores = tasks.score_tasks(model, loaded.tokenizer, self.tasks, progress)
             else:
-                measured = baseline
+                measured, scores = baseline, self.baseline_scores
             degradation = gate.degradation_percent(baseline, measured)
-            passed = gate.passes(evaluation, degradation)
+            task_results = self._judge_tasks(scores)
+            passed = gate.passes(evaluation, degradation) and all(r.passed for r in task_results)
             self.attempts.append(
                 Attempt(
                     techniques=gate.stack_label(stack),
@@ -306,10 +319,12 @@ class Run:
                     degradation_percent=round(degradation, 4),
                     passed=passed,
                     seconds=round(time.monotonic() - began, 2),
+                    tasks=task_results or None,
                 )
             )
             self.metrics.perplexity = measured
             self.metrics.degradation_percent = round(degradation, 4)
+            self.metrics.tasks = task_results or None
             log.info(
                 "attempt %d (%s): perplexity %.3f vs %.3f baseline (%+.2f%%): %s",
                 number,
@@ -323,7 +338,25 @@ class Run:
                 return model, outcomes
             del model, outcomes
             _release_memory()
-        raise AccuracyGateFailed(gate.failure_message(evaluation, self.attempts))
+        raise gate.failure(evaluation, self.attempts)
+
+    def _judge_tasks(self, scores: list[tasks.TaskScore]) -> list[TaskResult]:
+        """Each task's verdict, baseline against `scores`, logged."""
+        results = []
+        for task, before, after in zip(self.tasks, self.baseline_scores, scores, strict=True):
+            result = gate.judge_task(task.plan, before, after)
+            log.info(
+                "task %s: %s %.4f vs %.4f baseline (stderr %s): %s%s",
+                result.name,
+                result.metric,
+                result.optimized,
+                result.baseline,
+                result.stderr,
+                "passed" if result.passed else "failed",
+                f" ({result.reason})" if result.reason else "",
+            )
+            results.append(result)
+        return results
 
     def _apply(
         self,

@@ -25,10 +25,11 @@ from kiln_jobs.plan import (
     QATPlan,
     ServingPlan,
     SpeculativePlan,
+    TaskPlan,
     Technique,
     TrainingPlan,
 )
-from kiln_operator.api.spec import EvaluationSpec, ModelOptimizationSpec
+from kiln_operator.api.spec import EvaluationSpec, ModelOptimizationSpec, TaskSpec
 from kiln_operator.api.techniques import (
     DataSpec,
     ModelRefSpec,
@@ -166,6 +167,9 @@ def spec_uris(spec: ModelOptimizationSpec) -> list[tuple[str, str]]:
         found.append(("spec.artifacts.store", spec.artifacts.store))
     if spec.evaluation.data:
         found.append(("spec.evaluation.data.source", spec.evaluation.data.source))
+    for index, task in enumerate(spec.evaluation.tasks or []):
+        if task.source:
+            found.append((f"spec.evaluation.tasks[{index}].source", task.source))
     for index, item in enumerate(spec.techniques):
         prefix = f"spec.techniques[{index}].{item.kind}"
         body = item.body
@@ -331,6 +335,19 @@ def _evaluation(spec: EvaluationSpec, techniques: tuple[Technique, ...]) -> Eval
         max_degradation_percent=spec.max_degradation_percent,
         on_gate_failure=spec.on_gate_failure,
         escalation=escalation,
+        tasks=tuple(_task(task) for task in spec.tasks or []),
+    )
+
+
+def _task(spec: TaskSpec) -> TaskPlan:
+    return TaskPlan(
+        name=spec.name,
+        source=spec.source,
+        limit=spec.limit,
+        metric=spec.metric,
+        min_recovery=spec.min_recovery,
+        max_drop=spec.max_drop,
+        allow_improvement=spec.allow_improvement,
     )
 
 

@@ -392,6 +392,9 @@ def _job_in_progress(
         status.stalled("Failed", view.reason, view.message)
         if view.result and view.result.stages:
             status.new.stages = [StageStatus.from_result(stage) for stage in view.result.stages]
+        if view.result and view.result.attempts:
+            # A failed gate shows what each stack scored, perplexity and tasks.
+            status.new.attempts = [AttemptStatus.from_attempt(a) for a in view.result.attempts]
         decision.requeue_after = None
         return decision
     if view.state == "Succeeded":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln_jobs.manifest import TaskResult
 from kiln_operator.conditions import CONDITIONS
 
 __all__ = ["progress_bar", "render_status"]
@@ -60,6 +61,8 @@ def _metrics_lines(metrics: Obj) -> list[str]:
         lines.append(f"  acceptance   {metrics['acceptanceLength']:.2f} tokens/step")
     if metrics.get("latencyMs") is not None:
         lines.append(f"  latency      {metrics['latencyMs']:.0f} ms (smoke test through Triton)")
+    for task in metrics.get("tasks") or []:
+        lines.append(f"  task         {TaskResult.model_validate(task).summary(arrow='→')}")
     return lines
 
 

@@ -31,7 +31,7 @@ from kiln_operator.api.base import (
     cel_rules,
 )
 from kiln_operator.api.techniques import DataSpec, TechniqueSpec
-from kiln_operator.api.uris import ModelURI, StoreURI
+from kiln_operator.api.uris import ModelURI, StoreURI, TaskSourceURI
 from kiln_operator.hardware import family_of_product, format_support_problem
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "ServiceSpec",
     "ServingSpec",
     "SmokeTestSpec",
+    "TaskSpec",
     "Toleration",
 ]
 
@@ -79,6 +80,63 @@ class EscalationSpec(KilnModel):
     """Learning rate of an escalation attempt. Defaults to 1e-5."""
 
 
+class TaskSpec(KilnModel):
+    """An lm-evaluation-harness task, scored on the original and on the optimized model with the
+    same samples. With minRecovery or maxDrop it is part of the accuracy gate; with neither it is
+    measured and reported, never blocking."""
+
+    name: str = Field(max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """The lm-eval task (or a group that aggregates its tasks), e.g. arc_easy, or the task
+    named (task: ...) in a YAML under source."""
+    source: TaskSourceURI | None = None
+    """A directory holding the task's lm-eval YAML and its data, for private benchmarks and
+    air-gapped clusters: pvc://claim/path, s3://bucket/prefix or file:///path (kiln run only).
+    Paths in the YAML (dataset_kwargs.data_files) are relative to it. Unset: a task lm-eval
+    ships, its data read from the Hugging Face Hub."""
+    limit: int = Field(default=40, gt=0, le=5000)
+    """Samples scored: the first of the task's evaluation split, the same ones for the original
+    and every optimized model."""
+    metric: str = Field(
+        default="acc", max_length=128, pattern=r"^[a-z][a-z0-9_]*(,[A-Za-z0-9_.-]+)?$"
+    )
+    """The metric the threshold reads, as lm-eval reports it: acc, acc_norm, exact_match, or
+    with the filter that produced it, e.g. exact_match,strict-match."""
+    min_recovery: float | None = Field(default=None, gt=0, le=1)
+    """Threshold: the optimized score over the original's must be at least this; 0.97 keeps
+    97% of the score."""
+    max_drop: float | None = Field(default=None, ge=0, le=1000)
+    """Threshold: the largest drop below the original's score, in the metric's units (acc runs
+    0-1, so 0.02 is two points)."""
+    allow_improvement: bool = False
+    """Accept an optimized score above the original's by more than the standard error. Off, such
+    a score is flagged AnomalousImprovement and fails the gate: a broken task, leaked data or
+    too few samples are likelier than a quantized model that knows more."""
+
+    model_config = cel_rules(
+        (
+            "!(has(self.minRecovery) && has(self.maxDrop))",
+            "set minRecovery or maxDrop, not both",
+            ".maxDrop",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> TaskSpec:
+        if self.min_recovery is not None and self.max_drop is not None:
+            raise ValueError("maxDrop: set minRecovery or maxDrop, not both")
+        return self
+
+    def gated(self) -> bool:
+        """Whether the task can fail the gate."""
+        return self.min_recovery is not None or self.max_drop is not None
+
+
+_NO_GATE = (
+    "onGateFailure: escalate needs maxDegradationPercent or a task threshold (minRecovery or "
+    "maxDrop): the gate"
+)
+
+
 class EvaluationSpec(KilnModel):
     """How the optimized model is judged against the original."""
 
@@ -92,6 +150,13 @@ class EvaluationSpec(KilnModel):
     max_degradation_percent: float | None = Field(default=None, ge=0, le=1000)
     """The accuracy gate: the largest perplexity increase over the original model, in percent,
     that may be published. Unset: measure and report, never block."""
+    tasks: list[TaskSpec] | None = Field(
+        default=None,
+        max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """lm-evaluation-harness tasks scored after perplexity, each with its own threshold. The
+    gate passes when perplexity and every task pass; results are in status.metrics.tasks."""
     on_gate_failure: Literal["fail", "escalate"] = "fail"
     """fail: stop and publish nothing. escalate: retry with QAT, then QAD (bounded by
     escalation.maxAttempts), and publish the first stack that passes."""
@@ -101,16 +166,29 @@ class EvaluationSpec(KilnModel):
     model_config = cel_rules(
         (
             "!has(self.onGateFailure) || self.onGateFailure != 'escalate' "
-            "|| has(self.maxDegradationPercent)",
-            "onGateFailure: escalate needs maxDegradationPercent (the gate)",
+            "|| has(self.maxDegradationPercent) "
+            "|| (has(self.tasks) && self.tasks.exists(t, has(t.minRecovery) || has(t.maxDrop)))",
+            _NO_GATE,
             ".onGateFailure",
         )
     )
 
     @model_validator(mode="after")
     def _escalate_needs_gate(self) -> EvaluationSpec:
-        if self.on_gate_failure == "escalate" and self.max_degradation_percent is None:
-            raise ValueError("onGateFailure: escalate needs maxDegradationPercent (the gate)")
+        gated = self.max_degradation_percent is not None or any(
+            task.gated() for task in self.tasks or []
+        )
+        if self.on_gate_failure == "escalate" and not gated:
+            raise ValueError(_NO_GATE)
+        return self
+
+    @model_validator(mode="after")
+    def _task_names_differ(self) -> EvaluationSpec:
+        seen: set[str] = set()
+        for index, task in enumerate(self.tasks or []):
+            if task.name in seen:
+                raise ValueError(f"tasks[{index}].name: {task.name} is listed twice")
+            seen.add(task.name)
         return self
 
 

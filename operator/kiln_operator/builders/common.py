@@ -169,10 +169,11 @@ def _technique_uris(technique: Technique) -> list[str]:
 
 
 def input_uris(plan: Plan) -> list[str]:
-    """Every model and data URI a Plan reads, each once."""
+    """Every model, data and task-source URI a Plan reads, each once."""
     uris = [plan.model.source, plan.evaluation.data.source]
     for technique in [*plan.techniques, *(t for rung in plan.evaluation.escalation for t in rung)]:
         uris += _technique_uris(technique)
+    uris += [task.source for task in plan.evaluation.tasks if task.source]
     return list(dict.fromkeys(uris))
 
 

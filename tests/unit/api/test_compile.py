@@ -205,6 +205,38 @@ def test_escalation_from_qat_goes_to_qad_and_is_bounded() -> None:
     assert [[t.kind for t in r] for r in _plan(two).evaluation.escalation] == [["ptq", "qat"]]
 
 
+def test_tasks_compile_into_the_plan_and_its_hash() -> None:
+    tasks = [
+        {"name": "arc_easy", "minRecovery": 0.97},
+        {"name": "private_qa", "source": "pvc://benchmarks/qa", "limit": 100, "maxDrop": 0.02},
+    ]
+    spec = _spec(evaluation={"tasks": tasks, "onGateFailure": "escalate"})
+    plan = _plan(spec)
+    arc, private = plan.evaluation.tasks
+    assert (arc.name, arc.source, arc.limit, arc.metric) == ("arc_easy", None, 40, "acc")
+    assert (arc.min_recovery, arc.max_drop, arc.allow_improvement) == (0.97, None, False)
+    assert (private.source, private.limit, private.max_drop) == ("pvc://benchmarks/qa", 100, 0.02)
+    # A task threshold is a gate: escalation needs no perplexity limit.
+    assert [[t.kind for t in r] for r in plan.evaluation.escalation] == [
+        ["ptq", "qat"],
+        ["ptq", "qad"],
+    ]
+    tasks[1]["limit"] = 80
+    more = _plan(_spec(evaluation={"tasks": tasks, "onGateFailure": "escalate"}))
+    assert more.hash() != plan.hash()
+
+
+def test_a_local_task_source_is_refused_in_cluster() -> None:
+    spec = _spec(evaluation={"tasks": [{"name": "qa", "source": "file:///tasks/qa"}]})
+    with pytest.raises(CompileError) as error:
+        _plan(spec)
+    assert error.value.path == "spec.evaluation.tasks[0].source"
+    local = CompileOptions(target="local", default_store="file:///tmp/a")
+    assert compile_plan(spec, name="m", options=local).evaluation.tasks[0].source == (
+        "file:///tasks/qa"
+    )
+
+
 def test_fail_has_no_escalation() -> None:
     assert _plan(_spec(evaluation={"maxDegradationPercent": 5})).evaluation.escalation == ()
 

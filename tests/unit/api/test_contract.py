@@ -16,7 +16,7 @@ from kiln_jobs.contract import (
     runtime_for,
     shortfall,
 )
-from kiln_jobs.manifest import Metrics
+from kiln_jobs.manifest import Metrics, TaskResult
 from kiln_jobs.plan import PTQPlan
 from kiln_operator.api import ModelOptimization
 from kiln_operator.api.status import MetricsStatus, ModelOptimizationStatus
@@ -90,7 +90,19 @@ def test_every_engine_backend_has_one_runtime() -> None:
 def test_status_has_a_field_for_every_measured_number() -> None:
     measured = set(Metrics.model_fields)
     assert measured <= set(MetricsStatus.model_fields), measured - set(MetricsStatus.model_fields)
-    full = Metrics(**{name: 1.5 if "perplexity" in name else 1 for name in measured})
+    task = TaskResult(
+        name="arc_easy",
+        metric="acc",
+        baseline=0.52,
+        optimized=0.5,
+        stderr=0.079,
+        samples=40,
+        passed=True,
+    )
+    examples = {"tasks": [task]}
+    full = Metrics(
+        **{name: examples.get(name, 1.5 if "perplexity" in name else 1) for name in measured}
+    )
     assert MetricsStatus.from_metrics(full).to_metrics() == full
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import obstore
@@ -218,14 +219,30 @@ def test_blocks_digest_names_the_exact_tokens() -> None:
     assert data.blocks_digest(blocks).startswith("sha256:")
 
 
-def test_a_saved_hf_dataset_needs_the_datasets_package(tmp_path: Path) -> None:
+def test_a_saved_hf_dataset_needs_the_datasets_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The jobs extra installs `datasets`; an image built without it must still say what to do.
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
     (tmp_path / "dataset_dict.json").write_text('{"splits": ["train"]}')
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(UserError, match="install the `datasets` package"):
-            data.read_documents(
-                DataRef(source=f"file://{tmp_path}", samples=1, seq_length=1), "train", tmp_path
-            )
-    else:
-        pytest.skip("datasets is installed here; this checks the message without it")
+    with pytest.raises(UserError, match="install the `datasets` package"):
+        data.read_documents(
+            DataRef(source=f"file://{tmp_path}", samples=1, seq_length=1), "train", tmp_path
+        )
+
+
+def test_a_saved_hf_dataset_is_read_by_role_and_field(tmp_path: Path) -> None:
+    # The jobs extra brings `datasets` (through lm-eval), so saved datasets are read for real.
+    import datasets
+
+    splits = {
+        "train": datasets.Dataset.from_dict({"body": ["first text", "second text"]}),
+        "validation": datasets.Dataset.from_dict({"body": ["held-out text"]}),
+    }
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved"))
+    ref = DataRef(source=f"file://{tmp_path}/saved", text_field="body", samples=1, seq_length=1)
+    assert data.read_documents(ref, "train", tmp_path) == ["first text", "second text"]
+    assert data.read_documents(ref, data.EVAL_ROLE, tmp_path) == ["held-out text"]
+    wrong = ref.model_copy(update={"text_field": "text"})
+    with pytest.raises(UserError, match=r"no column 'text' \(\['body'\]\)"):
+        data.read_documents(wrong, "train", tmp_path)
