@@ -159,18 +159,13 @@ class Reconciler:
         now = now_rfc3339()
         if not isinstance(prepared, Prepared):
             return decide_invalid(body, prepared, now)
+        key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
         observed = self.api.observe(prepared, self.config)
         observed.resync = resync
         if observed.job is not None:
-            state = view_job(observed.job, observed.job_pods).state
-            self.clock.observe(
-                f"{body['metadata']['namespace']}/{body['metadata']['name']}",
-                (body.get("status") or {}).get("phase"),
-                state,
-            )
+            self.clock.observe_job(key, view_job(observed.job, observed.job_pods).state)
         decision = decide(prepared, observed, self.config, now)
         if decision.smoke is not None:
-            key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
             latest = self.smoke.latest(key, decision.smoke.plan_hash)
             if latest is None or not latest.ok:
                 # The first test, or a retry once a failed one waited out its delay.

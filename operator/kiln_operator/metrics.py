@@ -37,25 +37,30 @@ class PhaseClock:
         # Reconciles of different resources run on different threads.
         self._lock = threading.Lock()
 
-    def observe(self, key: str, phase: str | None, job_state: str | None = None) -> None:
+    def observe(self, key: str, phase: str | None) -> None:
+        """`phase` is the one just written to the resource's status (None: the resource is gone)."""
         with self._lock:
-            self._observe(key, phase, job_state)
+            now = time.monotonic()
+            previous = self._since.get(key)
+            if phase is None:
+                self._since.pop(key, None)
+                self._jobs.pop(key, None)
+            elif previous is None or previous[0] != phase:
+                if previous is not None:
+                    PHASE_SECONDS.labels(previous[0]).observe(now - previous[1])
+                self._since[key] = (phase, now)
+            self._publish()
 
-    def _observe(self, key: str, phase: str | None, job_state: str | None) -> None:
-        now = time.monotonic()
-        previous = self._since.get(key)
-        if phase is None:
-            self._since.pop(key, None)
-            self._jobs.pop(key, None)
-        elif previous is None or previous[0] != phase:
-            if previous is not None:
-                PHASE_SECONDS.labels(previous[0]).observe(now - previous[1])
-            self._since[key] = (phase, now)
-        if job_state is not None:
+    def observe_job(self, key: str, job_state: str) -> None:
+        """The state of the resource's optimization Job, as last read; its phase is untouched
+        (the status being read may be older than the one last written)."""
+        with self._lock:
             self._jobs[key] = job_state
-        self._publish()
+            self._publish()
 
     def _publish(self) -> None:
+        # Phases in the order a resource passes them: a scrape that lands mid-publish sees a
+        # resource moving forward leave its old phase before it reaches the next.
         counts: dict[str, int] = {}
         for phase, _ in self._since.values():
             counts[phase] = counts.get(phase, 0) + 1

@@ -48,8 +48,13 @@ def _peer_priorities(kube: Cluster) -> list[int]:
 def test_metrics_and_json_logs(kube: Cluster, namespace: str, tmp_path: Path) -> None:
     kube.create_bound_pvc(namespace, "artifacts")
     port = _free_port()
+    # Only this namespace: the gauges count every resource the operator watches, and earlier
+    # tests leave theirs behind in other namespaces.
     operator = OperatorProcess(
-        kube, tmp_path, args=("--standalone", "--json-logs"), metrics_port=str(port)
+        kube,
+        tmp_path,
+        args=("--standalone", "--json-logs", "--namespace", namespace),
+        metrics_port=str(port),
     ).start()
     try:
         kube.apply(mopt("watched"), namespace=namespace)
