@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from kiln_jobs.errors import AccuracyGateFailed, AnomalousImprovement
 from kiln_jobs.manifest import Attempt, TaskResult
-from kiln_jobs.plan import EvaluationPlan, TaskPlan, Technique, technique_label
+from kiln_jobs.plan import EvaluationPlan, PTQPlan, TaskPlan, Technique, technique_label
 from kiln_jobs.tasks import TaskScore
 
 __all__ = [
@@ -124,9 +124,19 @@ def attempt_stacks(
     return stacks
 
 
-def stack_label(stack: tuple[Technique, ...]) -> str:
-    """`ptq(int8_sq)+qat`-style label of a stack."""
-    return "+".join(technique_label(t) for t in stack) or "none"
+def stack_label(stack: tuple[Technique, ...], first: tuple[Technique, ...] = ()) -> str:
+    """`ptq(int8_sq)+qat`-style label of a stack; a PTQ calibrated on other data than the
+    one in `first` (the Plan's own stack) says on how much: `ptq(int8_sq,32x256)`."""
+    asked = {t.format: t.calibration for t in first if isinstance(t, PTQPlan)}
+    labels = []
+    for technique in stack:
+        label = technique_label(technique)
+        if isinstance(technique, PTQPlan):
+            data = technique.calibration
+            if asked.get(technique.format, data) != data:
+                label = f"{label[:-1]},{data.samples}x{data.seq_length})"
+        labels.append(label)
+    return "+".join(labels) or "none"
 
 
 def failure(evaluation: EvaluationPlan, attempts: list[Attempt]) -> AccuracyGateFailed:

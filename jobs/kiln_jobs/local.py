@@ -16,11 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from kiln_jobs.errors import UserError
-from kiln_jobs.manifest import Manifest
+from kiln_jobs.contract import REPORT_DIR
+from kiln_jobs.errors import AccuracyGateFailed, UserError
+from kiln_jobs.manifest import Manifest, Metrics
 from kiln_jobs.plan import Plan
+from kiln_jobs.report import ReportFacts, write_report
+
+if TYPE_CHECKING:
+    from kiln_jobs.runner import RunResult
 
 __all__ = ["SMOKE_TOKENS", "LocalReport", "ServeReport", "run_local", "serve_published"]
 
@@ -193,11 +198,9 @@ def run_local(
     Raises:
         KilnJobError: Any failure the user can act on (the CLI prints its one-line message).
     """
-    from kiln_jobs.runner import run_plan
-
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
-    result = run_plan(plan, workdir, progress_lines=False)
+    result = _optimize(plan, workdir, out)
     if result.published_dir is None:
         raise UserError(
             f"kiln run serves from a local store; {result.published_uri} is remote "
@@ -235,6 +238,29 @@ def run_local(
     report.seconds = time.monotonic() - started
     print(format_report(report), file=out, flush=True)
     return report
+
+
+def _optimize(plan: Plan, workdir: Path, out: TextIO) -> RunResult:
+    """Run the plan; when the gate fails, write the report of what was tried before raising."""
+    from kiln_jobs.progress import ProgressLog
+    from kiln_jobs.runner import Run
+
+    run = Run(plan, workdir, ProgressLog(None, lines=False))
+    try:
+        return run.execute()
+    except AccuracyGateFailed as error:
+        record = run.job_result(error)
+        facts = ReportFacts.from_plan(
+            plan,
+            record.metrics or Metrics(),
+            passed=False,
+            attempts=record.attempts,
+            stages=record.stages,
+            failure=error.message,
+        )
+        path = write_report(facts, workdir / REPORT_DIR)
+        print(f"kiln run: the accuracy gate failed; report {path}", file=out, flush=True)
+        raise
 
 
 def _size(value: int | None) -> str:
@@ -291,6 +317,8 @@ def format_report(report: LocalReport) -> str:
         f"  size         {_size(metrics.baseline_size_bytes)} -> {_size(metrics.size_bytes)}",
         f"  stages       {_stage_line(manifest)}",
     ]
+    if manifest.report:
+        lines.append(f"  report       {report.publish_dir / manifest.report}")
     if manifest.speculation is not None:
         draft = manifest.speculation
         served = "served" if draft.served else f"not served: {draft.reason}"

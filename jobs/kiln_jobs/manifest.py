@@ -188,6 +188,8 @@ class Manifest(_Model):
     engine_build: EngineBuild | None = None
     serving_runtime: Runtime | None = None
     speculation: Speculation | None = None
+    # The run report (Markdown, plots beside it), relative to the plan-hash directory.
+    report: str | None = None
     files: list[FileDigest]
     # Object stores only: the folder under the plan-hash prefix that holds the files, one per
     # publishing attempt, so two publishers of one plan never overwrite each other's files.

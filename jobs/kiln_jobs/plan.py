@@ -21,7 +21,13 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kiln_jobs.contract import AwqBlockSize, EngineBackend, KVCacheFormat, QuantFormat
+from kiln_jobs.contract import (
+    AwqBlockSize,
+    CalibrationAlgorithm,
+    EngineBackend,
+    KVCacheFormat,
+    QuantFormat,
+)
 
 __all__ = [
     "DataRef",
@@ -89,6 +95,10 @@ class PTQPlan(_Frozen):
     block_size: AwqBlockSize | None = None
     calibration: DataRef
     exclude_modules: tuple[str, ...] = ("*lm_head*",)
+    # None: the format's own (contract.FORMATS); the escalation ladder's calibration rung sets it.
+    algorithm: CalibrationAlgorithm | None = None
+    # Keep the first and last transformer blocks unquantized, as well as exclude_modules.
+    keep_sensitive_layers: bool = False
 
 
 class TrainingPlan(_Frozen):
@@ -270,6 +280,10 @@ class Plan(_Frozen):
         # then is still found (and not optimized again) after an upgrade.
         if not evaluation["tasks"]:
             del evaluation["tasks"]
+        recipe["techniques"] = [_hashed_technique(t) for t in recipe["techniques"]]
+        evaluation["escalation"] = [
+            [_hashed_technique(t) for t in stack] for stack in evaluation["escalation"]
+        ]
         return recipe
 
     def hash(self) -> str:
@@ -291,11 +305,27 @@ class Plan(_Frozen):
         return "+".join(technique_label(t) for t in self.techniques) or "none"
 
 
+# PTQ fields added after the first release, left out of the hash while they hold their
+# default: plans that do not use them keep their hash, and their published artifacts.
+_LATER_PTQ_DEFAULTS: dict[str, object] = {"algorithm": None, "keep_sensitive_layers": False}
+
+
+def _hashed_technique(technique: dict[str, Any]) -> dict[str, Any]:
+    if technique.get("kind") != "ptq":
+        return technique
+    return {
+        key: value
+        for key, value in technique.items()
+        if key not in _LATER_PTQ_DEFAULTS or value != _LATER_PTQ_DEFAULTS[key]
+    }
+
+
 def technique_label(technique: Technique) -> str:
     """A short human label for one technique."""
     match technique:
-        case PTQPlan(format=fmt):
-            return f"ptq({fmt})"
+        case PTQPlan(format=fmt, algorithm=algorithm, keep_sensitive_layers=keep):
+            options = [fmt, *([algorithm] if algorithm else []), *(["sensitive-kept"] * keep)]
+            return f"ptq({','.join(options)})"
         case SpeculativePlan(algorithm=algorithm):
             return f"speculative({algorithm})"
         case _:

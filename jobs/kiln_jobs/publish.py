@@ -82,8 +82,9 @@ class Store(Protocol):
         """Remove a staging directory that will not be committed."""
         ...
 
-    def fetch(self, plan_hash: str, dest: Path) -> Manifest:
-        """Copy a published plan into `dest`, checking every file against its digest."""
+    def fetch(self, plan_hash: str, dest: Path, *, under: str | None = None) -> Manifest:
+        """Copy a published plan into `dest`, checking every file against its digest; with
+        `under`, only the files in that folder of the plan (e.g. `report`)."""
         ...
 
     def remove(self, plan_hash: str) -> bool:
@@ -175,11 +176,11 @@ class DirectoryStore:
         """See `Store.discard`."""
         shutil.rmtree(staging, ignore_errors=True)
 
-    def fetch(self, plan_hash: str, dest: Path) -> Manifest:
+    def fetch(self, plan_hash: str, dest: Path, *, under: str | None = None) -> Manifest:
         """See `Store.fetch`."""
         published = self._published(plan_hash)
         source = self.root / plan_hash
-        for entry in published.manifest.files:
+        for entry in _entries(published.manifest, under):
             _copy_checked(source / entry.path, _target(dest, entry), entry)
         _write_manifest(dest, published.manifest)
         return published.manifest
@@ -275,14 +276,14 @@ class ObjectStore:
         """See `Store.discard`."""
         shutil.rmtree(staging, ignore_errors=True)
 
-    def fetch(self, plan_hash: str, dest: Path) -> Manifest:
+    def fetch(self, plan_hash: str, dest: Path, *, under: str | None = None) -> Manifest:
         """See `Store.fetch`."""
         published = self.existing(plan_hash)
         if published is None:
             raise SourceNotFound(f"{self.uri}/{plan_hash} is not published (no manifest.json)")
         where = f"{self.uri}/{plan_hash}"
         objects_dir = published.manifest.objects_dir
-        for entry in published.manifest.files:
+        for entry in _entries(published.manifest, under):
             target = _target(dest, entry)
             key = self._key(plan_hash, objects_dir, entry.path)
             self.bucket.download_file(key, target, what=where)
@@ -342,6 +343,14 @@ def verify_published(directory: Path, plan_hash: str, manifest_sha256: str | Non
     for entry in manifest.files:
         _check_digest(_target(directory, entry), entry)
     return manifest
+
+
+def _entries(manifest: Manifest, under: str | None) -> list[FileDigest]:
+    """The manifest's files, or those in the folder `under`."""
+    if under is None:
+        return manifest.files
+    prefix = under.strip("/") + "/"
+    return [entry for entry in manifest.files if entry.path.startswith(prefix)]
 
 
 def _check_digest(path: Path, entry: FileDigest) -> None:

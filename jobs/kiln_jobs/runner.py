@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from kiln_jobs import gate, hardware, tasks
-from kiln_jobs.contract import CHECKPOINT_DIR, ENGINE_DIR, TRITON_DIR
+from kiln_jobs.contract import CHECKPOINT_DIR, ENGINE_DIR, REPORT_DIR, REPORT_FILE, TRITON_DIR
 from kiln_jobs.errors import (
     AccuracyGateFailed,
     KilnJobError,
@@ -68,6 +68,7 @@ from kiln_jobs.model_facts import count_parameters, parameter_bytes
 from kiln_jobs.plan import DataRef, ModelRef, Plan, QADPlan, Technique, technique_label
 from kiln_jobs.progress import ProgressLog, StageProgress
 from kiln_jobs.publish import Published, Store, digest_files, open_store
+from kiln_jobs.report import ReportFacts, write_report
 from kiln_jobs.serving import engine, repository
 from kiln_jobs.sources import data
 from kiln_jobs.sources.models import LoadedModel, ModelFiles, load_model, resolve_model_files
@@ -314,7 +315,7 @@ class Run:
             passed = gate.passes(evaluation, degradation) and all(r.passed for r in task_results)
             self.attempts.append(
                 Attempt(
-                    techniques=gate.stack_label(stack),
+                    techniques=gate.stack_label(stack, stacks[0]),
                     perplexity=measured,
                     degradation_percent=round(degradation, 4),
                     passed=passed,
@@ -328,7 +329,7 @@ class Run:
             log.info(
                 "attempt %d (%s): perplexity %.3f vs %.3f baseline (%+.2f%%): %s",
                 number,
-                gate.stack_label(stack),
+                gate.stack_label(stack, stacks[0]),
                 measured,
                 baseline,
                 degradation,
@@ -424,10 +425,14 @@ class Run:
                 engine_build=EngineBuild.model_validate(built.record()) if built else None,
                 serving_runtime=served.runtime,
                 speculation=served.speculation,
-                files=digest_files(staging),
+                report=f"{REPORT_DIR}/{REPORT_FILE}",
+                files=[],
             )
             # The manifest records the publish stage as done: writing it is what completes it.
             manifest.stages[-1].state = "Succeeded"
+            write_report(ReportFacts.from_manifest(manifest), staging / REPORT_DIR)
+            progress(50.0, "report written")
+            manifest = manifest.model_copy(update={"files": digest_files(staging)})
             published = store.commit(staging, manifest)
             progress(100.0, f"published {published.uri}")
         return published

@@ -147,7 +147,8 @@ def _operator(args: argparse.Namespace) -> int:
     return run_operator(args.operator_args)
 
 
-def _status(args: argparse.Namespace) -> int:
+def _get_resource(command: str, namespace: str, name: str) -> dict[str, Any]:
+    """The ModelOptimization, or SystemExit with one line saying why it cannot be read."""
     try:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
@@ -155,20 +156,42 @@ def _status(args: argparse.Namespace) -> int:
         from kiln_operator.kube import load_kube_config
     except ImportError as error:
         raise SystemExit(
-            f"kiln status needs the operator dependencies ({error.name} is missing): "
+            f"kiln {command} needs the operator dependencies ({error.name} is missing): "
             "pip install 'kiln[operator]'"
         ) from None
     from kiln_operator.api import GROUP, PLURAL, VERSION
-    from kiln_operator.status_view import render_status
 
     try:
         api = client.CustomObjectsApi(load_kube_config())
-        obj = api.get_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, args.name)
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as error:
-        raise SystemExit(f"kiln status: {args.namespace}/{args.name}: {error.reason}") from None
+        raise SystemExit(f"kiln {command}: {namespace}/{name}: {error.reason}") from None
     except Exception as error:  # no kubeconfig, no route to the cluster
-        raise SystemExit(f"kiln status: cannot reach the cluster: {error}") from None
-    print(render_status(cast(dict[str, Any], obj)))
+        raise SystemExit(f"kiln {command}: cannot reach the cluster: {error}") from None
+    return cast(dict[str, Any], obj)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kiln_operator.status_view import render_status
+
+    print(render_status(_get_resource("status", args.namespace, args.name)))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from kiln_jobs.errors import KilnJobError
+    from kiln_operator.report_view import save_report
+
+    obj = _get_resource("report", args.namespace, args.name)
+    dest = Path(args.out or f"kiln-report-{args.name}").resolve()
+    try:
+        path, note = save_report(obj, dest)
+    except KilnJobError as error:
+        print(f"kiln report: {error.message}", file=sys.stderr)
+        return int(error.exit_code)
+    if note:
+        print(note, file=sys.stderr)
+    print(path)
     return 0
 
 
@@ -217,6 +240,13 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("name")
     status.add_argument("-n", "--namespace", default="default")
 
+    report = commands.add_parser(
+        "report", help="save a ModelOptimization's report (Markdown and plots) and print its path"
+    )
+    report.add_argument("name")
+    report.add_argument("-n", "--namespace", default="default")
+    report.add_argument("--out", help="directory to write into (default ./kiln-report-NAME)")
+
     commands.add_parser("crd", help="print the CustomResourceDefinition")
 
     # Its own options are parsed by `kiln operator --help` (kiln_operator.main).
@@ -237,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plan": _plan,
         "run": _run,
         "status": _status,
+        "report": _report,
         "crd": _crd,
         "operator": _operator,
     }

@@ -7,8 +7,9 @@ same spec with the same options always gives the same plan hash.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
+from kiln_jobs.contract import format_spec
 from kiln_jobs.plan import (
     DataRef,
     EnginePlan,
@@ -29,7 +30,13 @@ from kiln_jobs.plan import (
     Technique,
     TrainingPlan,
 )
-from kiln_operator.api.spec import EvaluationSpec, ModelOptimizationSpec, TaskSpec
+from kiln_operator.api.spec import (
+    ESCALATION_RUNGS,
+    EscalationSpec,
+    EvaluationSpec,
+    ModelOptimizationSpec,
+    TaskSpec,
+)
 from kiln_operator.api.techniques import (
     DataSpec,
     ModelRefSpec,
@@ -87,6 +94,8 @@ class Defaults:
     DISTILL_STEPS = 200
     DISTILL_LEARNING_RATE = 5e-5
     EXCLUDE_MODULES = ("*lm_head*",)
+    # The escalation ladder's samples rung calibrates on this many times the sequences.
+    MORE_CALIBRATION = 4
 
 
 def compile_plan(
@@ -251,6 +260,8 @@ def _ptq(spec: PTQSpec) -> PTQPlan:
         block_size=spec.block_size,
         calibration=_data(spec.calibration, Defaults.CALIBRATION_SAMPLES),
         exclude_modules=tuple(spec.exclude_modules or Defaults.EXCLUDE_MODULES),
+        algorithm=spec.calibration_algorithm,
+        keep_sensitive_layers=spec.keep_sensitive_layers,
     )
 
 
@@ -354,23 +365,40 @@ def _task(spec: TaskSpec) -> TaskPlan:
 def _escalation_ladder(
     spec: EvaluationSpec, techniques: tuple[Technique, ...]
 ) -> tuple[tuple[Technique, ...], ...]:
-    """PTQ → PTQ+QAT → PTQ+QAD: each rung adds the next technique right after the quantization
-    (anything before it — pruning, a draft — stays as it was)."""
-    escalation = spec.escalation
-    training = _training(
-        TrainingSpec(
-            steps=escalation.steps if escalation else None,
-            learning_rate=escalation.learning_rate if escalation else None,
-        )
-    )
+    """The stacks tried after the requested one fails the gate, cheapest first. Each PTQ rung
+    is the requested stack with one change to its quantization (so the report shows what each
+    fix buys alone); the training rungs add QAT, then QAD, right after the quantization
+    (anything before it, pruning or a draft, stays as it was)."""
+    escalation = spec.escalation or EscalationSpec()
     kinds = [t.kind for t in techniques]
     if "qad" in kinds or "ptq" not in kinds:
         return ()
-    anchor = kinds.index("ptq") + 1
+    at = kinds.index("ptq")
+    ptq = cast(PTQPlan, techniques[at])
+
+    def with_ptq(**changes: Any) -> tuple[Technique, ...]:
+        return (*techniques[:at], ptq.model_copy(update=changes), *techniques[at + 1 :])
+
+    training = _training(
+        TrainingSpec(steps=escalation.steps, learning_rate=escalation.learning_rate)
+    )
     base = [t for t in techniques if t.kind != "qat"]
-    rungs: list[tuple[Technique, ...]] = []
-    if "qat" not in kinds:
-        rungs.append(tuple([*base[:anchor], QATPlan(training=training), *base[anchor:]]))
-    rungs.append(tuple([*base[:anchor], QADPlan(training=training), *base[anchor:]]))
-    max_extra = (escalation.max_attempts if escalation else 3) - 1
+    better = format_spec(ptq.format).better_algorithm
+    more = ptq.calibration.model_copy(
+        update={"samples": ptq.calibration.samples * Defaults.MORE_CALIBRATION}
+    )
+    candidates: dict[str, tuple[Technique, ...] | None] = {
+        "calibration": with_ptq(algorithm=better) if better and not ptq.algorithm else None,
+        "samples": with_ptq(calibration=more),
+        "sensitiveLayers": None
+        if ptq.keep_sensitive_layers
+        else with_ptq(keep_sensitive_layers=True),
+        "qat": None
+        if "qat" in kinds
+        else (*base[: at + 1], QATPlan(training=training), *base[at + 1 :]),
+        "qad": (*base[: at + 1], QADPlan(training=training), *base[at + 1 :]),
+    }
+    allowed = escalation.rungs or ESCALATION_RUNGS
+    rungs = [stack for name, stack in candidates.items() if name in allowed and stack]
+    max_extra = (escalation.max_attempts or len(rungs) + 1) - 1
     return tuple(rungs[:max_extra])

@@ -15,10 +15,12 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from kiln_jobs.contract import CHECKPOINT_DIR, ENGINE_DIR, REPORT_DIR, REPORT_FILE, TRITON_DIR
 from kiln_jobs.manifest import Progress
 from kiln_jobs.plan import Plan
 from kiln_operator.api import ModelOptimization, ModelOptimizationStatus
 from kiln_operator.api.status import (
+    ArtifactStatus,
     AttemptStatus,
     CheckpointStatus,
     Condition,
@@ -349,6 +351,18 @@ def _record_published(status: _Status, published: Published) -> None:
         new.speculation = SpeculationStatus.from_record(published.speculation)
 
 
+def published_artifacts(store: str, published: Published) -> list[ArtifactStatus]:
+    """Where a published plan's parts are: what `kiln report` and people look up."""
+    root = f"{store.rstrip('/')}/{published.plan_hash}"
+    parts = [("checkpoint", CHECKPOINT_DIR), ("triton", TRITON_DIR)]
+    if published.serving_runtime == "tensorrtllm-engine":
+        parts.append(("engine", ENGINE_DIR))
+    if published.speculation is not None:
+        parts.append(("draft", published.speculation.draft_dir))
+    parts.append(("report", f"{REPORT_DIR}/{REPORT_FILE}"))
+    return [ArtifactStatus(name=name, uri=f"{root}/{path}") for name, path in parts]
+
+
 def _job_in_progress(
     status: _Status, prepared: Prepared, observed: Observed, config: OperatorConfig
 ) -> Decision:
@@ -620,6 +634,7 @@ def decide(prepared: Prepared, observed: Observed, config: OperatorConfig, now: 
         decision = _job_in_progress(status, prepared, observed, config)
     else:
         _record_published(status, published)
+        new.artifacts = published_artifacts(plan.output.store, published)
         reason = "CacheHit" if observed.job is None else "JobSucceeded"
         status.condition(OPTIMIZED, "True", reason, _optimized_message(published, plan_hash))
         new.progress = ProgressStatus(stage="done", percent=100)

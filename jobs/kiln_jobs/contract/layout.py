@@ -23,6 +23,8 @@ __all__ = [
     "PLAN_MOUNT",
     "PVC_ROOT",
     "PVC_ROOT_ENV",
+    "REPORT_DIR",
+    "REPORT_FILE",
     "STORE_ENV_PREFIX",
     "TERMINATION_LOG",
     "TRITON_DIR",
@@ -36,6 +38,9 @@ CHECKPOINT_DIR: Final = "checkpoint"
 TRITON_DIR: Final = "triton"
 ENGINE_DIR: Final = "engine"
 DRAFT_DIR: Final = "draft"
+#: The run report (report.md and its plots), for people.
+REPORT_DIR: Final = "report"
+REPORT_FILE: Final = "report.md"
 #: PersistentVolumeClaims inside Job pods: pvc://claim/path -> /mnt/pvc/claim/path.
 PVC_ROOT: Final = "/mnt/pvc"
 PVC_ROOT_ENV: Final = "KILN_PVC_ROOT"

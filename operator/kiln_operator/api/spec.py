@@ -69,11 +69,26 @@ class ModelSpec(KilnModel):
     """Precision to load unquantized weights in; auto keeps the checkpoint's."""
 
 
-class EscalationSpec(KilnModel):
-    """How far Kiln escalates when the accuracy gate fails: PTQ, then QAT, then QAD."""
+EscalationRung = Literal["calibration", "samples", "sensitiveLayers", "qat", "qad"]
+ESCALATION_RUNGS: tuple[EscalationRung, ...] = get_args(EscalationRung)
 
-    max_attempts: int = Field(default=3, ge=2, le=3)
-    """Total stacks tried, counting the first: 2 adds QAT, 3 adds QAD after it."""
+
+class EscalationSpec(KilnModel):
+    """How Kiln escalates when the accuracy gate fails: the cheap PTQ fixes first, each one
+    change to the requested stack, then training."""
+
+    rungs: list[EscalationRung] | None = Field(
+        default=None,
+        max_length=len(ESCALATION_RUNGS),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    """The rungs allowed, always tried in this order (cheapest first): calibration (the
+    format's better calibration algorithm), samples (4x the calibration sequences),
+    sensitiveLayers (first and last transformer blocks kept in full precision), qat, qad.
+    Rungs that cannot apply (no better algorithm for the format, a stack that already trains)
+    are skipped. Defaults to all."""
+    max_attempts: int | None = Field(default=None, ge=2, le=len(ESCALATION_RUNGS) + 1)
+    """Total stacks tried, counting the first. Defaults to every allowed rung."""
     steps: int | None = Field(default=None, gt=0, le=1_000_000)
     """Training steps of an escalation attempt. Defaults to 100."""
     learning_rate: float | None = Field(default=None, gt=0, le=1)
@@ -158,8 +173,8 @@ class EvaluationSpec(KilnModel):
     """lm-evaluation-harness tasks scored after perplexity, each with its own threshold. The
     gate passes when perplexity and every task pass; results are in status.metrics.tasks."""
     on_gate_failure: Literal["fail", "escalate"] = "fail"
-    """fail: stop and publish nothing. escalate: retry with QAT, then QAD (bounded by
-    escalation.maxAttempts), and publish the first stack that passes."""
+    """fail: stop and publish nothing. escalate: retry with the cheap PTQ fixes, then QAT, then
+    QAD (see escalation), and publish the first stack that passes."""
     escalation: EscalationSpec | None = None
     """Escalation bounds and settings."""
 

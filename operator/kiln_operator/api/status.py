@@ -269,7 +269,7 @@ class ArtifactStatus(KilnModel):
     """A published artifact."""
 
     name: str
-    """checkpoint, engine, triton or draft."""
+    """checkpoint, engine, triton, draft or report (report.md, plots beside it)."""
     uri: str
     """Where it is."""
     sha256: str | None = None

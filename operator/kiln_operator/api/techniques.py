@@ -12,6 +12,7 @@ from kiln_jobs.contract import (
     FORMATS,
     KV_CACHES,
     AwqBlockSize,
+    CalibrationAlgorithm,
     KVCacheFormat,
     QuantFormat,
     awq_formats,
@@ -55,6 +56,16 @@ _KV_CACHE_DOC = (
         for name, spec in KV_CACHES.items()
     )
     + "."
+)
+
+_ALGORITHMS_BY_FORMAT = "; ".join(
+    f"{name}: {', '.join(spec.algorithms)}" for name, spec in FORMATS.items()
+)
+_ALGORITHM_DOC = (
+    "Model Optimizer calibration algorithm. Unset: the format's first. "
+    + _ALGORITHMS_BY_FORMAT
+    + ". smoothquant_search tries SmoothQuant strengths 0.5-1.0 and keeps the one with the "
+    "lowest loss on the calibration text."
 )
 
 # Wire names of the technique fields, in the order they are documented.
@@ -125,19 +136,44 @@ class PTQSpec(KilnModel):
     """Calibration text. Defaults to 128 sequences of 512 tokens of builtin://common-licenses."""
     exclude_modules: list[str] | None = Field(default=None, max_length=64)
     """Module name patterns (fnmatch) kept in full precision. Defaults to ["*lm_head*"]."""
+    calibration_algorithm: CalibrationAlgorithm | None = Field(
+        default=None, description=_ALGORITHM_DOC
+    )
+    keep_sensitive_layers: bool = False
+    """Keep the first and last transformer blocks in full precision too (they are the most
+    sensitive to quantization): a little size for accuracy."""
 
     model_config = cel_rules(
         (
             f"!has(self.blockSize) || self.format in {_AWQ}",
             f"blockSize applies to {' and '.join(_AWQ)} only",
             ".blockSize",
-        )
+        ),
+        (
+            "!has(self.calibrationAlgorithm) || "
+            + " || ".join(
+                f"(self.format == '{name}' && self.calibrationAlgorithm in {list(spec.algorithms)})"
+                for name, spec in FORMATS.items()
+            ),
+            "calibrationAlgorithm does not apply to this format: " + _ALGORITHMS_BY_FORMAT,
+            ".calibrationAlgorithm",
+        ),
     )
 
     @model_validator(mode="after")
     def _block_size_needs_awq(self) -> PTQSpec:
         if self.block_size is not None and self.format not in _AWQ:
             raise ValueError(f"blockSize: applies to {' and '.join(_AWQ)}, not {self.format}")
+        return self
+
+    @model_validator(mode="after")
+    def _algorithm_fits_the_format(self) -> PTQSpec:
+        allowed = FORMATS[self.format].algorithms
+        if self.calibration_algorithm is not None and self.calibration_algorithm not in allowed:
+            raise ValueError(
+                f"calibrationAlgorithm: {self.format} takes {', '.join(allowed)}, "
+                f"not {self.calibration_algorithm}"
+            )
         return self
 
 

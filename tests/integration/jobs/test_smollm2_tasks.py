@@ -38,6 +38,7 @@ from kiln_jobs.plan import (
     TrainingPlan,
 )
 from kiln_jobs.progress import ProgressLog
+from kiln_jobs.report import ReportFacts, render_markdown
 from kiln_jobs.runner import Run
 from tests.unit.jobs.cloze_task import TASK_NAME, write_cloze_task
 
@@ -131,9 +132,16 @@ def test_a_lossy_ptq_fails_the_task_gate_and_escalates(tmp_path: Path) -> None:
     run = Run(plan, tmp_path / "work", ProgressLog(bars=False))
     began = time.monotonic()
     try:
-        run.execute()
+        result = run.execute()
     except AccuracyGateFailed as failure:
         assert run.job_result(failure).reason == "AccuracyGateFailed"
+        facts = ReportFacts.from_plan(
+            plan, run.metrics, passed=False, attempts=run.attempts, failure=failure.message
+        )
+        report = render_markdown(facts)
+    else:
+        assert result.published_dir is not None and result.manifest.report is not None
+        report = (result.published_dir / result.manifest.report).read_text()
     _report("starved int8_sq escalation", run, time.monotonic() - began)
     first, second = run.attempts
     (lost,) = first.tasks or []
@@ -145,3 +153,6 @@ def test_a_lossy_ptq_fails_the_task_gate_and_escalates(tmp_path: Path) -> None:
     assert second.techniques == "ptq(int8_sq)+qat"
     assert (retried.baseline, retried.samples) == (lost.baseline, QUESTIONS)
     assert second.passed == retried.passed
+    # The report lists both attempts and the task each was judged on.
+    assert "| 1 | ptq(int8_sq) |" in report and "| 2 | ptq(int8_sq)+qat |" in report
+    assert f"| {lost.name} ({lost.metric}, {QUESTIONS} samples) |" in report

@@ -15,6 +15,8 @@ readiness probes pass → the operator's smoke test is answered → `kubectl wai
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from kiln_jobs.serving.tritonserver import free_ports
 from tests.cluster.kube import REPO_ROOT, Cluster
 from tests.cluster.nodes import LOCAL_EXEC_NODE_SELECTOR, LOCAL_EXEC_TOLERATION
 from tests.integration.operator.harness import (
+    KILN,
     MoptWatch,
     OperatorProcess,
     condition,
@@ -124,6 +127,23 @@ def test_quickstart_from_kubectl_apply_to_a_served_model(
         assert any(f.path.startswith("checkpoint/") for f in manifest.files)
         assert all(len(f.sha256) == 64 for f in manifest.files)
         assert not [f.path for f in manifest.files if f.path.endswith(".py")]
+        assert manifest.report and (published / manifest.report).is_file()
+
+        # `kiln report`: this machine cannot read a pvc:// store, so the report is rendered from
+        # the status, and says so.
+        report = subprocess.run(
+            [KILN, "report", name, "-n", ns, "--out", str(tmp_path / "report")],
+            env={**os.environ, "KUBECONFIG": str(kube.kubeconfig)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert "cannot read" in report.stderr
+        text = Path(report.stdout.strip()).read_text()
+        assert f"Plan `{status['planHash']}`, ptq(fp8)" in text
+        assert "**passed the accuracy gate** with attempt 1 of 1" in text
+        assert f"| {metrics_['baselinePerplexity']:.3f} |" in text
 
         kube.wait_for(f"mopt/{name}", ns, condition="Ready", timeout=SERVE_TIMEOUT)
         obj = status_of(kube, ns, name)

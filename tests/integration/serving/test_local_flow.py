@@ -63,7 +63,7 @@ def test_run_local_prints_a_plain_report(tiny_published, tmp_path: Path, monkeyp
         published_uri=tiny_published.root.as_uri(),
         published_dir=tiny_published.root,
     )
-    monkeypatch.setattr(runner, "run_plan", lambda plan, workdir, **_: result)
+    monkeypatch.setattr(runner.Run, "execute", lambda self: result)
     out = io.StringIO()
     report = local.run_local(tiny_published.plan, tmp_path, prompt="Kiln serves", out=out)
     text = out.getvalue()
@@ -86,7 +86,7 @@ def test_no_serve(tiny_published, tmp_path: Path, monkeypatch) -> None:
         published_uri=tiny_published.root.as_uri(),
         published_dir=tiny_published.root,
     )
-    monkeypatch.setattr(runner, "run_plan", lambda plan, workdir, **_: result)
+    monkeypatch.setattr(runner.Run, "execute", lambda self: result)
     out = io.StringIO()
     report = local.run_local(tiny_published.plan, tmp_path, serve=False, out=out)
     assert report.serve is None and "serving      skipped (--no-serve)" in out.getvalue()

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
+from kiln_jobs.gate import stack_label
 from kiln_jobs.plan import Plan, PTQPlan, QADPlan, QATPlan
 from kiln_operator.api import ModelOptimizationSpec
 from kiln_operator.compiler import CompileError, CompileOptions, Defaults, compile_plan
@@ -172,7 +174,12 @@ def test_prune_distill_targets() -> None:
     assert prune.distillation.steps == Defaults.DISTILL_STEPS  # type: ignore[union-attr]
 
 
-def test_escalation_ladder_ptq_then_qat_then_qad() -> None:
+def _labels(plan: Plan) -> list[str]:
+    first = plan.techniques
+    return [stack_label(stack, first) for stack in plan.evaluation.escalation]
+
+
+def test_escalation_ladder_tries_the_cheap_ptq_fixes_then_qat_then_qad() -> None:
     plan = _plan(
         _spec(
             techniques=[{"speculative": {"algorithm": "eagle3"}}, {"ptq": {"format": "int8_sq"}}],
@@ -183,26 +190,59 @@ def test_escalation_ladder_ptq_then_qat_then_qad() -> None:
             },
         )
     )
-    ladder = [[t.kind for t in rung] for rung in plan.evaluation.escalation]
-    assert ladder == [["speculative", "ptq", "qat"], ["speculative", "ptq", "qad"]]
-    assert plan.evaluation.escalation[0][2].training.steps == 9  # type: ignore[union-attr]
+    assert _labels(plan) == [
+        "speculative(eagle3)+ptq(int8_sq,smoothquant_search)",
+        "speculative(eagle3)+ptq(int8_sq,512x512)",
+        "speculative(eagle3)+ptq(int8_sq,sensitive-kept)",
+        "speculative(eagle3)+ptq(int8_sq)+qat",
+        "speculative(eagle3)+ptq(int8_sq)+qad",
+    ]
+    assert plan.evaluation.escalation[3][2].training.steps == 9  # type: ignore[union-attr]
+    # Every PTQ rung changes one thing and keeps the rest of the requested quantization.
+    asked = plan.techniques[1]
+    for rung in plan.evaluation.escalation[:3]:
+        changed = {k for k, v in rung[1] if getattr(asked, k) != v}
+        assert len(changed) == 1 and rung[0] == plan.techniques[0]
 
 
-def test_escalation_from_qat_goes_to_qad_and_is_bounded() -> None:
-    spec = _spec(
-        techniques=[{"ptq": {"format": "int8_sq"}}, {"qat": {}}],
-        evaluation={"maxDegradationPercent": 5, "onGateFailure": "escalate"},
-    )
-    assert [[t.kind for t in r] for r in _plan(spec).evaluation.escalation] == [["ptq", "qad"]]
-    two = _spec(
-        techniques=[{"ptq": {"format": "fp8"}}],
-        evaluation={
-            "maxDegradationPercent": 5,
-            "onGateFailure": "escalate",
-            "escalation": {"maxAttempts": 2},
-        },
-    )
-    assert [[t.kind for t in r] for r in _plan(two).evaluation.escalation] == [["ptq", "qat"]]
+def test_escalation_rungs_are_chosen_in_cost_order_and_bounded() -> None:
+    def ladder(techniques: list, **escalation: object) -> list[str]:
+        evaluation = {"maxDegradationPercent": 5, "onGateFailure": "escalate"}
+        spec = _spec(techniques=techniques, evaluation={**evaluation, "escalation": escalation})
+        return _labels(_plan(spec))
+
+    fp8 = [{"ptq": {"format": "fp8"}}]
+    # The order is the ladder's, whatever order the spec lists the rungs in.
+    assert ladder(fp8, rungs=["qad", "samples"]) == ["ptq(fp8,512x512)", "ptq(fp8)+qad"]
+    assert ladder(fp8, maxAttempts=2) == ["ptq(fp8,mse)"]
+    assert ladder(fp8, rungs=["qat", "qad"], maxAttempts=2) == ["ptq(fp8)+qat"]
+    # A rung that cannot apply is skipped: NVFP4 has no better algorithm yet, an explicit
+    # algorithm is kept, a stack that trains already goes to QAD.
+    assert ladder([{"ptq": {"format": "nvfp4"}}], rungs=["calibration", "qat"]) == [
+        "ptq(nvfp4)+qat"
+    ]
+    explicit = [{"ptq": {"format": "int4_awq", "calibrationAlgorithm": "awq_clip"}}]
+    assert ladder(explicit, rungs=["calibration", "sensitiveLayers"]) == [
+        "ptq(int4_awq,awq_clip,sensitive-kept)"
+    ]
+    assert ladder([{"ptq": {"format": "int8_sq"}}, {"qat": {}}], rungs=["qat", "qad"]) == [
+        "ptq(int8_sq)+qad"
+    ]
+
+
+def test_a_calibration_algorithm_must_fit_the_format() -> None:
+    with pytest.raises(ValidationError, match="fp8 takes max, mse, not awq_full"):
+        _spec(techniques=[{"ptq": {"format": "fp8", "calibrationAlgorithm": "awq_full"}}])
+    spec = _spec(techniques=[{"ptq": {"format": "fp8", "calibrationAlgorithm": "mse"}}])
+    assert _plan(spec).summary() == "ptq(fp8,mse)"
+
+
+def test_plans_that_use_no_new_ptq_field_keep_their_hash() -> None:
+    plan = _plan(_spec(techniques=[{"ptq": {"format": "fp8"}}]))
+    recipe = json.dumps(plan.recipe())
+    assert "algorithm" not in recipe and "keep_sensitive_layers" not in recipe
+    kept = _plan(_spec(techniques=[{"ptq": {"format": "fp8", "keepSensitiveLayers": True}}]))
+    assert kept.hash() != plan.hash()
 
 
 def test_tasks_compile_into_the_plan_and_its_hash() -> None:
@@ -217,7 +257,7 @@ def test_tasks_compile_into_the_plan_and_its_hash() -> None:
     assert (arc.min_recovery, arc.max_drop, arc.allow_improvement) == (0.97, None, False)
     assert (private.source, private.limit, private.max_drop) == ("pvc://benchmarks/qa", 100, 0.02)
     # A task threshold is a gate: escalation needs no perplexity limit.
-    assert [[t.kind for t in r] for r in plan.evaluation.escalation] == [
+    assert [[t.kind for t in r] for r in plan.evaluation.escalation][-2:] == [
         ["ptq", "qat"],
         ["ptq", "qad"],
     ]

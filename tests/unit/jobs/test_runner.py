@@ -96,6 +96,12 @@ def test_a_plan_runs_end_to_end_publishes_and_a_rerun_is_a_no_op(
     assert {"checkpoint/config.json", "checkpoint/hf_quant_config.json"} <= paths
     assert "tensorrt_llm_checkpoint/rank0.safetensors" in paths
     assert any(path.startswith("triton/") for path in paths)
+    # The report is published with the rest, under its digest.
+    assert manifest.report == "report/report.md"
+    assert {"report/report.md", "report/attempts.png", "report/stages.png"} <= paths
+    report = (final / manifest.report).read_text()
+    assert f"Plan `{plan.hash()}`, ptq(fp8)" in report and "**passed the accuracy gate**" in report
+    assert f"| {metrics.baseline_perplexity:.3f} | {metrics.perplexity:.3f} |" in report
     for entry in manifest.files:
         assert hashlib.sha256((final / entry.path).read_bytes()).hexdigest() == entry.sha256
     assert not (tmp_path / "work" / "runs" / plan.hash()).exists()
@@ -141,6 +147,30 @@ def test_escalation_tries_the_next_stack_and_records_every_attempt(
     assert names[3:8] == ["ptq(int4_awq)", "evaluate", "ptq(int4_awq)#2", "qat#2", "evaluate#2"]
     assert manifest.checkpoint.quant_algo == "W4A16_AWQ"
     assert manifest.checkpoint.group_size == 64
+
+
+def test_a_cheap_ptq_rung_passes_before_any_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    int8 = PTQPlan(format="int8_sq", calibration=CALIBRATION)
+    searched = int8.model_copy(update={"algorithm": "smoothquant_search"})
+    more = int8.model_copy(update={"calibration": DataRef(samples=8, seq_length=32)})
+    plan = tiny_plan(
+        tiny_model_dir,
+        tmp_path / "store",
+        (int8,),
+        max_degradation_percent=2.0,
+        escalation=((searched,), (more,), (int8, QAT)),
+    )
+    manifest = run_plan(plan, tmp_path / "work").manifest
+    # SmoothQuant at the config's strength 1.0 costs the tiny model +3.65 % on 2x32 tokens; the
+    # strength the search keeps (0.65) +0.56 %, and 8x32 tokens at 1.0 +0.30 % (the same on
+    # every kernel path): the first cheap rung passes and nothing trains.
+    assert [(a.techniques, a.passed) for a in manifest.attempts] == [
+        ("ptq(int8_sq)", False),
+        ("ptq(int8_sq,smoothquant_search)", True),
+    ]
+    stage = next(s for s in manifest.stages if s.name == "ptq(int8_sq,smoothquant_search)#2")
+    assert stage.metrics["smoothquant_alpha"] in (0.5, 0.65, 0.8, 0.9)
+    assert all(a.seconds is not None for a in manifest.attempts)
 
 
 def test_nvfp4_on_cpu_fails_before_any_model_is_loaded(tmp_path: Path) -> None:
