@@ -4,16 +4,18 @@ A smoke test can take as long as its timeout (a model warming up, a hung Triton)
 worker threads, a few of them would stall every reconcile and the admission webhook behind
 them. `SmokeScheduler` runs them on a small pool of its own: the reconcile that asks for one
 returns at once (the resource says SmokeTesting), the finished test triggers a reconcile that
-picks its result up, and a failed one is retried with a growing delay.
+picks its result up, and a failed one is retried with a growing delay. Its threads are daemons:
+an operator told to stop exits at once instead of waiting out a hung request (results are
+not kept across restarts anyway; the next operator asks again).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 from kiln_jobs.serving.client import InferenceFailed, generate
@@ -57,7 +59,7 @@ class SmokeScheduler:
         """
         self.timeout = timeout
         self.on_done = on_done
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-smoke")
+        self._pool = _DaemonPool(workers, "kiln-smoke")
         self._guard = threading.Lock()
         self._latest: dict[str, SmokeResult] = {}
         self._in_flight: set[str] = set()
@@ -110,4 +112,35 @@ class SmokeScheduler:
 
     def shutdown(self) -> None:
         """Stop taking work; running tests finish on their own."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
+
+
+class _DaemonPool:
+    """A fixed set of daemon threads working through a queue. Unlike ThreadPoolExecutor's, whose
+    threads the interpreter joins at exit, they never hold up the process's exit."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._workers = workers
+        for number in range(workers):
+            threading.Thread(target=self._work, name=f"{name}_{number}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        self._tasks.put(lambda: fn(*args))
+
+    def shutdown(self) -> None:
+        """Queued work is dropped as each thread finishes what it is running."""
+        while True:
+            try:
+                self._tasks.get_nowait()
+            except queue.Empty:
+                break
+        for _ in range(self._workers):
+            self._tasks.put(None)
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            try:
+                task()
+            except Exception:
+                log.exception("smoke test crashed")
