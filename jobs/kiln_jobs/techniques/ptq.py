@@ -39,6 +39,7 @@ from modelopt.torch.quantization.utils.core_utils import update_quant_cfg_with_k
 from kiln_jobs import hardware
 from kiln_jobs.contract import AWQ_BLOCK_SIZES, format_spec, kv_cache_spec
 from kiln_jobs.errors import UnsupportedHardware, UserError
+from kiln_jobs.evaluate import perplexity
 from kiln_jobs.plan import PTQPlan
 from kiln_jobs.sources.data import blocks_digest
 from kiln_jobs.techniques.context import TechniqueContext, TechniqueOutcome
@@ -119,22 +120,18 @@ class _Calibration:
 
         return mtq.quantize(model, config, forward_loop)
 
-    def loss(self, model: Any) -> float:
-        """Mean next-token loss on the calibration blocks (never the evaluation text)."""
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            losses = [
-                float(model(input_ids=row[None].to(device), labels=row[None].to(device)).loss)
-                for row in self.blocks
-            ]
-        return sum(losses) / len(losses)
+    def perplexity(self, model: Any) -> float:
+        """Perplexity on the calibration blocks (never the evaluation text), each block its own
+        window, with the evaluator every gate uses."""
+        length = self.blocks.shape[1]
+        return perplexity(model, self.blocks.flatten(), seq_length=length, stride=length)
 
 
 def _search_smoothquant_alpha(
     ctx: TechniqueContext, spec: PTQPlan, calibrate: _Calibration, sensitive: tuple[str, ...]
 ) -> tuple[Any, float]:
     """SmoothQuant at each of `SMOOTHQUANT_ALPHAS` on a copy of the model; the one with the
-    lowest loss on the calibration text wins. The best strength depends on the model's
+    lowest perplexity on the calibration text wins. The best strength depends on the model's
     activation outliers (SmolLM2-135M: perplexity +3 % at 0.8, +19-22 % at the config's 1.0);
     choosing it needs enough calibration text (on 4 x 128 tokens it picks 0.9)."""
     best: tuple[float, float, Any] | None = None
@@ -142,10 +139,10 @@ def _search_smoothquant_alpha(
         candidate = calibrate(
             copy.deepcopy(ctx.model), build_config(spec, sensitive=sensitive, alpha=alpha)
         )
-        loss = calibrate.loss(candidate)
-        log.info("ptq: SmoothQuant alpha %.2f: calibration loss %.4f", alpha, loss)
-        if best is None or loss < best[0]:
-            best = (loss, alpha, candidate)
+        measured = calibrate.perplexity(candidate)
+        log.info("ptq: SmoothQuant alpha %.2f: calibration perplexity %.4f", alpha, measured)
+        if best is None or measured < best[0]:
+            best = (measured, alpha, candidate)
         del candidate
     assert best is not None
     log.info("ptq: SmoothQuant alpha %.2f chosen", best[1])
