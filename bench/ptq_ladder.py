@@ -27,7 +27,7 @@ from typing import Any
 from tests.unit.jobs.cloze_task import TASK_NAME, write_cloze_task
 
 from kiln_jobs.errors import AccuracyGateFailed
-from kiln_jobs.manifest import Metrics, TaskResult
+from kiln_jobs.manifest import TaskResult
 from kiln_jobs.progress import ProgressLog
 from kiln_jobs.report import ReportFacts, write_report
 from kiln_jobs.runner import Run
@@ -79,7 +79,7 @@ def run_ladder(fmt: str, args: argparse.Namespace, reports: Path) -> dict[str, A
             failure = error.message
     facts = ReportFacts.from_plan(
         plan,
-        run.metrics or Metrics(),
+        run.metrics,
         passed=failure is None,
         attempts=run.attempts,
         stages=run.stages,
