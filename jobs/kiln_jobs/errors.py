@@ -17,6 +17,7 @@ __all__ = [
     "KilnJobError",
     "MissingCredentials",
     "ResourceExhausted",
+    "ServingRegression",
     "SourceNotFound",
     "StoreUnavailable",
     "UnsupportedHardware",
@@ -36,6 +37,7 @@ class ExitCode(IntEnum):
     RESOURCE_EXHAUSTED = 6
     SOURCE_NOT_FOUND = 7
     STORE_UNAVAILABLE = 8
+    SERVING_REGRESSION = 9
 
     @classmethod
     def permanent(cls) -> tuple[int, ...]:
@@ -46,6 +48,7 @@ class ExitCode(IntEnum):
             cls.UNSUPPORTED_HARDWARE,
             cls.ACCURACY_GATE_FAILED,
             cls.SOURCE_NOT_FOUND,
+            cls.SERVING_REGRESSION,
         )
 
 
@@ -90,6 +93,14 @@ class AnomalousImprovement(AccuracyGateFailed):
     task, and nothing else failed: suspect the measurement before publishing."""
 
     reason = "AnomalousImprovement"
+
+
+class ServingRegression(KilnJobError):
+    """The served model scored below the published model's in-process score by more than the
+    Plan allows: export, runtime or KV cache lose what the gate measured."""
+
+    exit_code = ExitCode.SERVING_REGRESSION
+    reason = "ServingRegression"
 
 
 class ResourceExhausted(KilnJobError):

@@ -3,7 +3,8 @@
 `run_local` runs the Plan with the job runner (the same code as the Kubernetes Job), serves the
 published Triton repository with the `tritonserver` from the `nvidia-pytriton` wheel and the
 OpenAI-compatible endpoint beside it, sends a smoke prompt over HTTP, gRPC and as a stream, checks
-the served continuation against the checkpoint's own, and prints a short plain-text report.
+the served continuation against the checkpoint's own, scores the generative tasks on the served
+endpoint when the Plan asks (`kiln_jobs.served_eval`), and prints a short plain-text report.
 Every failure a user can act on is a `KilnJobError` with a one-line message; the CLI prints it
 and exits with its code.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from kiln_jobs import served_eval
 from kiln_jobs.contract import REPORT_DIR
 from kiln_jobs.errors import AccuracyGateFailed, UserError
 from kiln_jobs.manifest import Manifest, Metrics
@@ -57,6 +59,8 @@ class ServeReport:
     matches_checkpoint: bool | None = None
     log_path: str = ""
     stopped: bool = True
+    # The Plan's tasks scored again on the served endpoint (evaluation.served).
+    served_tasks: list[served_eval.ServedTaskResult] = field(default_factory=list)
 
 
 @dataclass
@@ -103,6 +107,7 @@ def serve_published(
     prompt: str = DEFAULT_PROMPT,
     keep_serving: bool = False,
     log_path: Path | None = None,
+    cache_dir: Path | None = None,
     on_ready: Callable[[ServeReport], None] | None = None,
     out: TextIO = sys.stdout,
 ) -> ServeReport:
@@ -114,10 +119,14 @@ def serve_published(
         prompt: The smoke prompt.
         keep_serving: Block, serving, until interrupted (Ctrl-C or SIGTERM).
         log_path: Where the server log goes.
+        cache_dir: Where task sources are fetched for the served evaluation (default: beside
+            the published plan).
         on_ready: Called with the report once the checks are done, before serving on.
         out: Where the serving notices go (the report is the caller's).
 
     Raises:
+        ServingRegression: The served model scored below the published one by more than
+            `evaluation.served.max_drop` (after the report is handed to `on_ready`).
         KilnJobError: The runtime cannot be served here, Triton failed, or a request failed.
     """
     from kiln_jobs.serving.client import generate
@@ -152,8 +161,17 @@ def serve_published(
         ).start()
         try:
             report.openai_url = openai.url
+            served = manifest.plan.evaluation.served
+            report.served_tasks = served_eval.evaluate_served(
+                manifest,
+                openai.url,
+                publish_dir / manifest.checkpoint_dir,
+                cache_dir or publish_dir.parent / ".cache",
+            )
             if on_ready is not None:
                 on_ready(report)
+            if served is not None and not all(r.passed for r in report.served_tasks):
+                raise served_eval.regression(report.served_tasks, served)
             if keep_serving:
                 _serve_until_interrupted(server, report, out)
         finally:
@@ -228,6 +246,7 @@ def run_local(
             prompt=prompt,
             keep_serving=keep_serving,
             log_path=workdir / "tritonserver.log",
+            cache_dir=workdir / "cache",
             on_ready=print_report,
             out=out,
         )
@@ -301,6 +320,7 @@ def _serve_lines(serve: ServeReport) -> list[str]:
         f"grpc {serve.grpc_seconds:.2f}s, stream {serve.stream_chunks} chunks; "
         f"same text: {'yes' if serve.protocols_agree else 'NO'}",
         f"  checkpoint   served text equals the checkpoint's greedy continuation: {check}",
+        *(f"  served task  {task.summary()}" for task in serve.served_tasks),
     ]
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "PruneDistillPlan",
     "QADPlan",
     "QATPlan",
+    "ServedEvaluationPlan",
     "ServingPlan",
     "SpeculativePlan",
     "TaskPlan",
@@ -187,6 +188,17 @@ class TaskPlan(_Frozen):
         return self.min_recovery is not None or self.max_drop is not None
 
 
+class ServedEvaluationPlan(_Frozen):
+    """Score the generative tasks again on the served endpoint, once the model is served.
+
+    What runs there is export, runtime and KV cache together; the served score may fall short
+    of the in-process score of the published model by at most `max_drop` (the metric's units).
+    It judges serving, not the recipe: it is not part of the plan hash.
+    """
+
+    max_drop: float = Field(default=0.05, ge=0)
+
+
 class EvaluationPlan(_Frozen):
     """Perplexity and task scores before and after, and the accuracy gate between them."""
 
@@ -201,6 +213,7 @@ class EvaluationPlan(_Frozen):
     escalation: tuple[tuple[Technique, ...], ...] = ()
     # Scored after perplexity, with the same samples for the baseline and every attempt.
     tasks: tuple[TaskPlan, ...] = ()
+    served: ServedEvaluationPlan | None = None
 
 
 class ExportPlan(_Frozen):
@@ -280,6 +293,7 @@ class Plan(_Frozen):
         # then is still found (and not optimized again) after an upgrade.
         if not evaluation["tasks"]:
             del evaluation["tasks"]
+        del evaluation["served"]
         recipe["techniques"] = [_hashed_technique(t) for t in recipe["techniques"]]
         evaluation["escalation"] = [
             [_hashed_technique(t) for t in stack] for stack in evaluation["escalation"]

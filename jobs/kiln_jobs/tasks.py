@@ -36,7 +36,16 @@ from kiln_jobs.sources import s3
 from kiln_jobs.sources.uri import local_path, parse_uri
 from kiln_jobs.techniques.context import ProgressReporter
 
-__all__ = ["PreparedTask", "TaskScore", "prepare", "read_score", "score_tasks"]
+__all__ = [
+    "PreparedTask",
+    "TaskScore",
+    "evaluate",
+    "prepare",
+    "quiet_lm_eval",
+    "read_score",
+    "score_tasks",
+    "working_directory",
+]
 
 log = logging.getLogger(__name__)
 
@@ -154,31 +163,14 @@ def read_score(results: dict[str, Any], task: TaskPlan) -> TaskScore:
 
 
 def _score(model: Any, tokenizer: Any, task: PreparedTask) -> TaskScore:
-    import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     was_training = model.training
     model.eval()
     try:
-        with _working_directory(task.directory), _quiet_lm_eval():
-            results = lm_eval.simple_evaluate(
-                model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=BATCH_SIZE),
-                tasks=[task.plan.name],
-                limit=task.plan.limit,
-                task_manager=task.manager,
-                log_samples=False,
-                bootstrap_iters=BOOTSTRAP_ITERS,
-                # The runner seeded its generators; scoring must not reseed them under later
-                # stages. The samples (the first `limit`) and few-shot picks do not depend on them.
-                random_seed=None,
-                numpy_random_seed=None,
-                torch_random_seed=None,
-            )
+        score = evaluate(HFLM(pretrained=model, tokenizer=tokenizer, batch_size=BATCH_SIZE), task)
     finally:
         model.train(was_training)
-    if results is None:
-        raise RuntimeError(f"lm-eval returned no results for {task.plan.name}")
-    score = read_score(results, task.plan)
     log.info(
         "task %s: %s %.4f (stderr %s, %d samples)",
         task.plan.name,
@@ -190,10 +182,33 @@ def _score(model: Any, tokenizer: Any, task: PreparedTask) -> TaskScore:
     return score
 
 
+def evaluate(lm: Any, task: PreparedTask) -> TaskScore:
+    """Score one task with an lm-eval model: one in this process, or a served endpoint."""
+    import lm_eval
+
+    with working_directory(task.directory), quiet_lm_eval():
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[task.plan.name],
+            limit=task.plan.limit,
+            task_manager=task.manager,
+            log_samples=False,
+            bootstrap_iters=BOOTSTRAP_ITERS,
+            # The runner seeded its generators; scoring must not reseed them under later
+            # stages. The samples (the first `limit`) and few-shot picks do not depend on them.
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+        )
+    if results is None:
+        raise RuntimeError(f"lm-eval returned no results for {task.plan.name}")
+    return read_score(results, task.plan)
+
+
 def _check_data(task: PreparedTask, index: int) -> None:
     """Build the task once, which reads (or downloads) its data."""
     try:
-        with _working_directory(task.directory), _quiet_lm_eval():
+        with working_directory(task.directory), quiet_lm_eval():
             task.manager.load([task.plan.name])
     except Exception as err:
         where = (
@@ -265,7 +280,7 @@ def _is_number(value: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _working_directory(directory: Path | None) -> Iterator[None]:
+def working_directory(directory: Path | None) -> Iterator[None]:
     if directory is None:
         yield
         return
@@ -274,7 +289,7 @@ def _working_directory(directory: Path | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_lm_eval() -> Iterator[None]:
+def quiet_lm_eval() -> Iterator[None]:
     """lm-eval warns at every call that it was handed a built model, which is the point here."""
     logger = logging.getLogger("lm_eval")
     before = logger.level

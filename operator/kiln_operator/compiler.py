@@ -24,6 +24,7 @@ from kiln_jobs.plan import (
     PTQPlan,
     QADPlan,
     QATPlan,
+    ServedEvaluationPlan,
     ServingPlan,
     SpeculativePlan,
     TaskPlan,
@@ -160,6 +161,12 @@ def _scope(namespace: str | None, options: CompileOptions) -> str:
 def _check_target(spec: ModelOptimizationSpec, options: CompileOptions) -> None:
     if options.target != "cluster":
         return
+    if spec.evaluation.served is not None:
+        raise CompileError(
+            "spec.evaluation.served",
+            "the served-model evaluation runs with kiln run only; a cluster does not run it "
+            "yet: remove it from this resource",
+        )
     for path, uri in spec_uris(spec):
         if uri_scheme(uri) == "file":
             raise CompileError(
@@ -347,6 +354,7 @@ def _evaluation(spec: EvaluationSpec, techniques: tuple[Technique, ...]) -> Eval
         on_gate_failure=spec.on_gate_failure,
         escalation=escalation,
         tasks=tuple(_task(task) for task in spec.tasks or []),
+        served=ServedEvaluationPlan(max_drop=spec.served.max_drop) if spec.served else None,
     )
 
 

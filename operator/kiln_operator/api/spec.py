@@ -95,6 +95,16 @@ class EscalationSpec(KilnModel):
     """Learning rate of an escalation attempt. Defaults to 1e-5."""
 
 
+class ServedEvaluationSpec(KilnModel):
+    """Score the generative tasks again on the served model: export, runtime and KV cache
+    together, through the OpenAI-compatible endpoint."""
+
+    max_drop: float = Field(default=0.05, ge=0, le=1000)
+    """The largest amount, in the metric's units, by which a task's served score may fall
+    short of the published model's in-process score; beyond it the result is
+    ServingRegression."""
+
+
 class TaskSpec(KilnModel):
     """An lm-evaluation-harness task, scored on the original and on the optimized model with the
     same samples. With minRecovery or maxDrop it is part of the accuracy gate; with neither it is
@@ -177,6 +187,11 @@ class EvaluationSpec(KilnModel):
     QAD (see escalation), and publish the first stack that passes."""
     escalation: EscalationSpec | None = None
     """Escalation bounds and settings."""
+    served: ServedEvaluationSpec | None = None
+    """Score the tasks that generate their answer (lm-eval generate_until) again on the served
+    endpoint and compare with the in-process score. Multiple-choice tasks need prompt
+    log-probabilities, which serving does not return, and are reported as not scored.
+    Measured by kiln run; a cluster does not run it yet and refuses the field."""
 
     model_config = cel_rules(
         (

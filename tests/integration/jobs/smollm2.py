@@ -14,6 +14,7 @@ from kiln_jobs.plan import (
     OutputPlan,
     Plan,
     PlanMetadata,
+    ServedEvaluationPlan,
     TaskPlan,
     Technique,
 )
@@ -33,6 +34,7 @@ def smollm2_plan(
     *,
     tasks: tuple[TaskPlan, ...] = (),
     max_degradation_percent: float | None = GATE_PERCENT,
+    served: ServedEvaluationPlan | None = None,
 ) -> Plan:
     """A Plan over SmolLM2 that escalates when given escalation stacks."""
     return Plan(
@@ -46,6 +48,7 @@ def smollm2_plan(
             on_gate_failure="escalate" if escalation else "fail",
             escalation=escalation,
             tasks=tasks,
+            served=served,
         ),
         engine=EnginePlan(backend="none"),
         output=OutputPlan(store=f"file://{store}"),

@@ -2,7 +2,9 @@
 
 The task is `license_cloze` (`tests.unit.jobs.cloze_task`): 40 questions, which of four words
 comes next in a GPL-2 sentence, written by the test into a directory the Plan names as the task's
-source. The baseline is scored once; every attempt is scored on the same 40 questions. SmolLM2's
+source. The baseline is scored once; every attempt is scored on the same 40 questions. Its
+generative variant (`license_cloze_words`: write the word) is scored in process and then again
+on the published FP8 model served by the real tritonserver, as `kiln run` serves it. SmolLM2's
 "float" baseline is a Q4_1 GGUF dequantized on load (see MODELOPT_NOTES.md). Each test prints its
 numbers (run with `-s` to see them).
 
@@ -21,12 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from kiln_jobs import gate
+from kiln_jobs import gate, local, served_eval
 from kiln_jobs.errors import AccuracyGateFailed
 from kiln_jobs.plan import (
     DataRef,
     PTQPlan,
     QATPlan,
+    ServedEvaluationPlan,
     TaskPlan,
     TrainingPlan,
 )
@@ -34,7 +37,7 @@ from kiln_jobs.progress import ProgressLog
 from kiln_jobs.report import ReportFacts, render_markdown
 from kiln_jobs.runner import Run
 from tests.integration.jobs.smollm2 import CALIBRATION, GATE_PERCENT, smollm2_plan
-from tests.unit.jobs.cloze_task import TASK_NAME, write_cloze_task
+from tests.unit.jobs.cloze_task import GENERATIVE_TASK_NAME, TASK_NAME, write_cloze_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.numerics]
 
@@ -57,6 +60,13 @@ def _task(tmp_path: Path, **threshold: float) -> TaskPlan:
     return TaskPlan(name=TASK_NAME, source=f"file://{source}", limit=QUESTIONS, **threshold)
 
 
+def _generative_task(tmp_path: Path) -> TaskPlan:
+    source = write_cloze_task(tmp_path / "task", questions=QUESTIONS, generative=True)
+    return TaskPlan(
+        name=GENERATIVE_TASK_NAME, source=f"file://{source}", limit=QUESTIONS, metric="exact_match"
+    )
+
+
 def _report(name: str, run: Run, seconds: float) -> None:
     tried = "; ".join(
         f"{a.techniques}: "
@@ -72,25 +82,26 @@ def _report(name: str, run: Run, seconds: float) -> None:
     print(f"\nSmolLM2 {name} on {TASK_NAME}: {tried}; total {seconds:.0f}s; stages: {stages}")
 
 
-def test_fp8_passes_the_perplexity_gate_and_keeps_the_task_score(tmp_path: Path) -> None:
+def test_fp8_passes_the_gates_and_the_served_model_scores_as_in_process(tmp_path: Path) -> None:
     plan = smollm2_plan(
         tmp_path / "store",
         (PTQPlan(format="fp8", calibration=CALIBRATION),),
-        tasks=(_task(tmp_path, min_recovery=0.9),),
+        tasks=(_task(tmp_path, min_recovery=0.9), _generative_task(tmp_path)),
+        served=ServedEvaluationPlan(max_drop=0.05),
     )
     run = Run(plan, tmp_path / "work", ProgressLog(bars=False))
     began = time.monotonic()
     result = run.execute()
     manifest = result.manifest
     _report("fp8", run, time.monotonic() - began)
-    (scored,) = manifest.metrics.tasks or []
+    scored, words = manifest.metrics.tasks or []
     assert (scored.name, scored.metric, scored.samples) == (TASK_NAME, "acc", QUESTIONS)
     # Well above chance (0.25) on this text, and FP8 keeps nearly all of it.
     assert scored.baseline >= 0.6
     assert scored.passed and scored.reason is None
     assert scored.optimized >= 0.9 * scored.baseline
     assert scored.stderr is not None and 0 < scored.stderr < 0.1
-    assert manifest.attempts[0].tasks == [scored]
+    assert manifest.attempts[0].tasks == [scored, words]
     on_disk = json.loads((result.published_dir / "manifest.json").read_text())
     assert on_disk["metrics"]["tasks"][0]["optimized"] == scored.optimized
     # Perplexity holds the 5 % gate too (+2.3-2.6 % on every kernel path), and the published
@@ -100,6 +111,24 @@ def test_fp8_passes_the_perplexity_gate_and_keeps_the_task_score(tmp_path: Path)
     assert manifest.checkpoint.quant_algo == "FP8"
     config = json.loads((result.published_dir / "checkpoint" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
+
+    # Served: the generative task through the OpenAI endpoint in front of the real tritonserver
+    # scores what it scored in process; the multiple-choice one cannot be asked there.
+    began = time.monotonic()
+    served = local.serve_published(
+        manifest, result.published_dir, cache_dir=tmp_path / "cache", log_path=tmp_path / "log"
+    )
+    chosen, written = served.served_tasks
+    print(f"served in {time.monotonic() - began:.0f}s: {written.summary()}")
+    assert (chosen.name, chosen.served, chosen.skipped) == (
+        TASK_NAME,
+        None,
+        served_eval.NOT_SCORED_WHEN_SERVED,
+    )
+    assert (written.name, written.samples, written.passed) == (GENERATIVE_TASK_NAME, 40, True)
+    # Writing the exact word is harder than picking it: 7 of 40 here, far above chance.
+    assert written.in_process == words.optimized and words.baseline >= 0.1
+    assert written.served is not None and abs(written.served - written.in_process) <= 0.05
 
 
 def test_a_lossy_ptq_fails_the_task_gate_and_escalates(tmp_path: Path) -> None:

@@ -90,3 +90,43 @@ def test_no_serve(tiny_published, tmp_path: Path, monkeypatch) -> None:
     out = io.StringIO()
     report = local.run_local(tiny_published.plan, tmp_path, serve=False, out=out)
     assert report.serve is None and "serving      skipped (--no-serve)" in out.getvalue()
+
+
+def test_a_served_score_short_of_the_published_one_is_a_serving_regression(
+    tiny_published, tmp_path: Path
+) -> None:
+    """Kiln's CPU runtime serves exactly what was measured, so the shortfall is injected: the
+    manifest claims an in-process score the tiny random model cannot reach when served."""
+    from kiln_jobs.errors import ServingRegression
+    from kiln_jobs.manifest import TaskResult
+    from kiln_jobs.plan import ServedEvaluationPlan, TaskPlan
+    from tests.unit.jobs.cloze_task import GENERATIVE_TASK_NAME, write_cloze_task
+
+    source = write_cloze_task(tmp_path / "task", questions=8, generative=True)
+    task = TaskPlan(
+        name=GENERATIVE_TASK_NAME, source=source.as_uri(), limit=8, metric="exact_match"
+    )
+    plan = tiny_published.plan
+    evaluation = plan.evaluation.model_copy(
+        update={"tasks": (task,), "served": ServedEvaluationPlan(max_drop=0.1)}
+    )
+    claimed = TaskResult(
+        name=task.name, metric="exact_match", baseline=1.0, optimized=1.0, samples=8, passed=True
+    )
+    manifest = _manifest(tiny_published).model_copy(
+        update={"plan": plan.model_copy(update={"evaluation": evaluation})}
+    )
+    manifest.metrics.tasks = [claimed]
+    groups = set(TritonServer.started_groups)
+    seen = []
+    with pytest.raises(ServingRegression) as failure:
+        local.serve_published(
+            manifest, tiny_published.root, cache_dir=tmp_path / "cache", on_ready=seen.append
+        )
+    # The report was handed over first, so `kiln run` prints what was measured.
+    ((result,),) = [report.served_tasks for report in seen]
+    assert (result.in_process, result.samples, result.passed) == (1.0, 8, False)
+    assert result.served is not None and result.served < 0.9
+    assert failure.value.message.startswith("the served model scores below the published one")
+    assert f"{GENERATIVE_TASK_NAME} exact_match 1.000 in process" in failure.value.message
+    assert not any(group_alive(g) for g in TritonServer.started_groups - groups)

@@ -277,6 +277,23 @@ def test_a_local_task_source_is_refused_in_cluster() -> None:
     )
 
 
+def test_the_served_evaluation_compiles_for_kiln_run_and_leaves_the_hash_alone() -> None:
+    tasks = [{"name": "qa", "source": "file:///tasks/qa", "metric": "exact_match"}]
+    local = CompileOptions(target="local", default_store="file:///tmp/a")
+    plain = compile_plan(_spec(evaluation={"tasks": tasks}), name="m", options=local)
+    served_spec = _spec(evaluation={"tasks": tasks, "served": {"maxDrop": 0.025}})
+    served = compile_plan(served_spec, name="m", options=local)
+    assert plain.evaluation.served is None
+    assert served.evaluation.served is not None and served.evaluation.served.max_drop == 0.025
+    # It judges serving, not the recipe: the published artifacts are the same.
+    assert served.hash() == plain.hash()
+    cluster_spec = _spec(evaluation={"tasks": [{"name": "qa"}], "served": {}})
+    with pytest.raises(CompileError) as error:
+        _plan(cluster_spec)
+    assert error.value.path == "spec.evaluation.served"
+    assert "kiln run only" in str(error.value)
+
+
 def test_fail_has_no_escalation() -> None:
     assert _plan(_spec(evaluation={"maxDegradationPercent": 5})).evaluation.escalation == ()
 
