@@ -71,7 +71,10 @@ class RequestOutput:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
-        self._steps: asyncio.Queue[bool] = asyncio.Queue()
+        # Each step's state travels to the event loop and is applied there when read, so every
+        # step is seen on its own (as TensorRT-LLM delivers them), however far generation is
+        # ahead of the reader.
+        self._steps: asyncio.Queue[_Step] = asyncio.Queue()
 
     def abort(self) -> None:
         """Stop generating; the request finishes with finish_reason "cancelled"."""
@@ -98,33 +101,49 @@ class RequestOutput:
         if asyncio.get_running_loop() is not self._loop:
             raise RuntimeError("iterate a RequestOutput on the event loop that created it")
         while True:
-            last = await self._steps.get()
+            step = await self._steps.get()
             if self.error is not None:
                 raise self.error
+            self._apply(step)
             yield self
-            if last:
+            if step.finish is not None:
                 return
 
     # -- written by the worker ---------------------------------------------------------------
 
     def _step(self, text: str, token_ids: list[int], finish: str | None) -> None:
-        output = self.outputs[0]
-        shown = self.prompt + text if self._echo else text
-        output.text_diff = shown[len(output.text) :]
-        output.text, output.token_ids, output.finish_reason = shown, token_ids, finish
-        self.finished = finish is not None
-        self._notify()
+        step = _Step(self.prompt + text if self._echo else text, list(token_ids), finish)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._steps.put_nowait, step)
+        # Without a reader on a loop, and at the end for `result()`, the state is set here.
+        if self._loop is None or finish is not None:
+            self._apply(step)
+        if finish is not None:
+            self._done.set()
 
     def _fail(self, error: BaseException) -> None:
         self.error = error
         self.finished = True
-        self._notify()
-
-    def _notify(self) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._steps.put_nowait, self.finished)
-        if self.finished:
-            self._done.set()
+            self._loop.call_soon_threadsafe(self._steps.put_nowait, _Step("", [], "error"))
+        self._done.set()
+
+    def _apply(self, step: _Step) -> None:
+        output = self.outputs[0]
+        output.text_diff = (
+            step.text[len(output.text) :] if step.text.startswith(output.text) else ""
+        )
+        output.text, output.token_ids, output.finish_reason = step.text, step.token_ids, step.finish
+        self.finished = step.finish is not None
+
+
+@dataclass(frozen=True)
+class _Step:
+    """The state of a request after one generated token."""
+
+    text: str
+    token_ids: list[int]
+    finish: str | None
 
 
 @dataclass
