@@ -404,6 +404,7 @@ class TritonServer:
             os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
+        _wait_for_group_exit(process.pid, timeout=5)
 
     def __enter__(self) -> TritonServer:
         return self.start()
@@ -441,3 +442,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _wait_for_group_exit(pgid: int, timeout: float) -> None:
+    """Wait until no live process is left in group `pgid`: a killed process takes a moment to
+    exit, and a caller that starts another server should not find the old one's stubs."""
+    deadline = time.monotonic() + timeout
+    while _group_has_live_process(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _group_has_live_process(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
