@@ -15,7 +15,7 @@ help:
 	@echo "make crds    regenerate crds/ from the pydantic API"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench-quick  the headline benchmark ratios in about 10 minutes (bench/results/)"
-	@echo "make bench   the full benchmark curves: operator at scale, PTQ overhead, serving, PTQ ladder, formats"
+	@echo "make bench   the full benchmark curves: operator at scale, PTQ overhead, serving, PTQ ladder, QAD vs QAT, formats"
 	@echo "make cluster run the test cluster in the foreground; prints KUBECONFIG=..."
 
 # The venv is rebuilt when the dependency list changes.
@@ -90,6 +90,7 @@ bench: venv kube-tools cluster-bins
 	$(BIN)/python -m bench.ptq_overhead --formats fp8 int8_sq int4_awq --repeats 2
 	$(BIN)/python -m bench.serving_load
 	$(BIN)/python -m bench.ptq_ladder
+	$(BIN)/python -m bench.qad_vs_qat --steps 24 --train-samples 32
 	$(BIN)/python -m bench.formats
 
 lint: venv

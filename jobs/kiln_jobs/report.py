@@ -49,6 +49,8 @@ class ReportFacts:
     # Why the run ended without publishing, when it did.
     failure: str | None = None
     notes: Sequence[str] = field(default_factory=tuple)
+    # Rungs the ladder left off, each with why (EvaluationPlan.ladder_notes).
+    ladder_notes: Sequence[str] = field(default_factory=tuple)
 
     @property
     def published_stack(self) -> str:
@@ -100,6 +102,7 @@ class ReportFacts:
             serving_runtime=serving_runtime,
             created_at=created_at,
             failure=failure,
+            ladder_notes=plan.evaluation.ladder_notes,
         )
 
 
@@ -238,6 +241,7 @@ def _ladder(facts: ReportFacts, plots: set[str] | frozenset[str]) -> str:
                 "passed" if attempt.passed else "failed",
             )
         )
+    lines += [f"\nNot on the ladder: {note}." for note in facts.ladder_notes]
     if _LADDER_PLOT in plots:
         lines += ["", f"![perplexity change per attempt]({_LADDER_PLOT})"]
     return "\n".join(lines)

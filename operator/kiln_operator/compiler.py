@@ -54,6 +54,17 @@ from kiln_operator.api.uris import EMBEDDED_MODEL, uri_scheme
 __all__ = ["CompileError", "CompileOptions", "Defaults", "compile_plan", "spec_uris"]
 
 
+# Why the default ladder leaves QAD off a gate that is perplexity only (measurements in the
+# README, from bench.qad_vs_qat).
+QAD_ON_PERPLEXITY = (
+    "qad was not tried: the gate is perplexity only, and on the gate's text QAT reaches a lower "
+    "perplexity than QAD at the same steps (QAT fits the training text, and can go below the "
+    "original model's perplexity; QAD fits the original model's predictions, which keeps it "
+    "closer to the original on other text but not below it on this one); add a task threshold "
+    "(evaluation.tasks) or list qad in evaluation.escalation.rungs to try it"
+)
+
+
 class CompileError(ValueError):
     """The spec is valid on its own but cannot run where it was asked to (names the field)."""
 
@@ -276,7 +287,7 @@ def _qad(spec: QADSpec) -> QADPlan:
     return QADPlan(
         training=_training(spec),
         teacher=_model_ref(spec.teacher),
-        temperature=spec.temperature or 1.0,
+        temperature=spec.temperature or QADPlan.model_fields["temperature"].default,
         kd_weight=1.0 if spec.kd_weight is None else spec.kd_weight,
     )
 
@@ -344,8 +355,9 @@ def _techniques(items: list[TechniqueSpec]) -> tuple[Technique, ...]:
 def _evaluation(spec: EvaluationSpec, techniques: tuple[Technique, ...]) -> EvaluationPlan:
     data = _data(spec.data, Defaults.EVAL_SAMPLES)
     escalation: tuple[tuple[Technique, ...], ...] = ()
+    notes: tuple[str, ...] = ()
     if spec.on_gate_failure == "escalate":
-        escalation = _escalation_ladder(spec, techniques)
+        escalation, notes = _escalation_ladder(spec, techniques)
     return EvaluationPlan(
         metric=spec.metric,
         data=data,
@@ -355,6 +367,7 @@ def _evaluation(spec: EvaluationSpec, techniques: tuple[Technique, ...]) -> Eval
         escalation=escalation,
         tasks=tuple(_task(task) for task in spec.tasks or []),
         served=ServedEvaluationPlan(max_drop=spec.served.max_drop) if spec.served else None,
+        ladder_notes=notes,
     )
 
 
@@ -372,15 +385,16 @@ def _task(spec: TaskSpec) -> TaskPlan:
 
 def _escalation_ladder(
     spec: EvaluationSpec, techniques: tuple[Technique, ...]
-) -> tuple[tuple[Technique, ...], ...]:
-    """The stacks tried after the requested one fails the gate, cheapest first. Each PTQ rung
-    is the requested stack with one change to its quantization (so the report shows what each
-    fix buys alone); the training rungs add QAT, then QAD, right after the quantization
-    (anything before it, pruning or a draft, stays as it was)."""
+) -> tuple[tuple[tuple[Technique, ...], ...], tuple[str, ...]]:
+    """The stacks tried after the requested one fails the gate, cheapest first, and notes on
+    the rungs left off. Each PTQ rung is the requested stack with one change to its
+    quantization (so the report shows what each fix buys alone); the training rungs add QAT,
+    then QAD, right after the quantization (anything before it, pruning or a draft, stays as
+    it was)."""
     escalation = spec.escalation or EscalationSpec()
     kinds = [t.kind for t in techniques]
     if "qad" in kinds or "ptq" not in kinds:
-        return ()
+        return (), ()
     at = kinds.index("ptq")
     ptq = cast(PTQPlan, techniques[at])
 
@@ -406,7 +420,15 @@ def _escalation_ladder(
         else (*base[: at + 1], QATPlan(training=training), *base[at + 1 :]),
         "qad": (*base[: at + 1], QADPlan(training=training), *base[at + 1 :]),
     }
-    allowed = escalation.rungs or ESCALATION_RUNGS
+    allowed = escalation.rungs or _default_rungs(spec)
+    notes = (QAD_ON_PERPLEXITY,) if "qad" not in allowed and not escalation.rungs else ()
     rungs = [stack for name, stack in candidates.items() if name in allowed and stack]
     max_extra = (escalation.max_attempts or len(rungs) + 1) - 1
-    return tuple(rungs[:max_extra])
+    return tuple(rungs[:max_extra]), notes
+
+
+def _default_rungs(spec: EvaluationSpec) -> tuple[str, ...]:
+    """Every rung, but QAD only when a task gates: it cannot win on perplexity alone."""
+    if any(task.gated() for task in spec.tasks or []):
+        return ESCALATION_RUNGS
+    return tuple(rung for rung in ESCALATION_RUNGS if rung != "qad")

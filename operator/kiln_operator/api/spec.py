@@ -86,7 +86,8 @@ class EscalationSpec(KilnModel):
     format's better calibration algorithm), samples (4x the calibration sequences),
     sensitiveLayers (first and last transformer blocks kept in full precision), qat, qad.
     Rungs that cannot apply (no better algorithm for the format, a stack that already trains)
-    are skipped. Defaults to all."""
+    are skipped. Defaults to all, with qad only when a task threshold gates: QAD trains towards
+    the original model's predictions and cannot beat QAT on perplexity alone."""
     max_attempts: int | None = Field(default=None, ge=2, le=len(ESCALATION_RUNGS) + 1)
     """Total stacks tried, counting the first. Defaults to every allowed rung."""
     steps: int | None = Field(default=None, gt=0, le=1_000_000)
@@ -184,7 +185,7 @@ class EvaluationSpec(KilnModel):
     gate passes when perplexity and every task pass; results are in status.metrics.tasks."""
     on_gate_failure: Literal["fail", "escalate"] = "fail"
     """fail: stop and publish nothing. escalate: retry with the cheap PTQ fixes, then QAT, then
-    QAD (see escalation), and publish the first stack that passes."""
+    QAD when a task gates (see escalation), and publish the first stack that passes."""
     escalation: EscalationSpec | None = None
     """Escalation bounds and settings."""
     served: ServedEvaluationSpec | None = None
@@ -554,7 +555,8 @@ class ModelOptimizationSpec(KilnModel):
     def _escalation_has_a_quantization(self) -> ModelOptimizationSpec:
         if self.evaluation.on_gate_failure == "escalate" and self.quant_format() is None:
             raise ValueError(
-                "evaluation.onGateFailure: escalate retries a quantization with QAT, then QAD; "
+                "evaluation.onGateFailure: escalate retries a quantization with better "
+                "calibration, then training; "
                 "add a ptq to the stack or use onGateFailure: fail"
             )
         return self

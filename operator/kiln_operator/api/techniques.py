@@ -193,7 +193,7 @@ class QADSpec(QATSpec):
     teacher: ModelRefSpec | None = None
     """The teacher. Defaults to the model in spec.model, unquantized."""
     temperature: float | None = Field(default=None, gt=0, le=100)
-    """Softmax temperature of the distillation loss. Defaults to 1."""
+    """Softmax temperature of the distillation loss. Defaults to 2."""
     kd_weight: float | None = Field(default=None, ge=0, le=1)
     """Weight of the distillation loss; the rest goes to the next-token loss. Defaults to 1."""
 

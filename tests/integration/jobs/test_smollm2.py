@@ -38,8 +38,12 @@ TRAINING = TrainingPlan(
     checkpoint_every=8,
 )
 # Learning rates measured on int8_sq, 8 steps, default, AVX2 and AVX-512 kernels, 1 and 2 threads:
-# QAD recovers most at 2e-5 (+21.5-22.8% alone -> +15.5-17.7%; 1e-5 and 4e-5 recover less); QAT
-# at 2e-5 left +3.8-4.5%, too near the gate to hold on every CPU, and +1.3-2.0% at 4e-5.
+# QAD at temperature 1 recovers most at 2e-5 (+21.5-22.8% alone -> +15.5-17.7%; 1e-5 and 4e-5
+# recover less; temperature 2, the default, only to +20.5% in 8 steps); QAT at 2e-5 left
+# +3.8-4.5%, too near the gate to hold on every CPU, and +1.3-2.0% at 4e-5. QAT wins here because
+# it trains on licence text like the evaluation text; bench.qad_vs_qat shows QAD ahead on other
+# text and closer to the original model.
+QAD = QADPlan(training=TRAINING, temperature=1.0)
 QAT_TRAINING = TRAINING.model_copy(update={"learning_rate": 4e-5})
 
 
@@ -60,7 +64,7 @@ def test_int8_sq_fails_the_gate_and_escalation_shows_qad_and_qat_recovering(
     tmp_path: Path,
 ) -> None:
     ptq = PTQPlan(format="int8_sq", calibration=CALIBRATION)
-    escalation = ((ptq, QADPlan(training=TRAINING)), (ptq, QATPlan(training=QAT_TRAINING)))
+    escalation = ((ptq, QAD), (ptq, QATPlan(training=QAT_TRAINING)))
     plan = smollm2_plan(tmp_path / "store", (ptq,), escalation)
     began = time.monotonic()
     result = run_plan(plan, tmp_path / "work")

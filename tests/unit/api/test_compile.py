@@ -12,7 +12,13 @@ from pydantic import ValidationError
 from kiln_jobs.gate import stack_label
 from kiln_jobs.plan import Plan, PTQPlan, QADPlan, QATPlan
 from kiln_operator.api import ModelOptimizationSpec
-from kiln_operator.compiler import CompileError, CompileOptions, Defaults, compile_plan
+from kiln_operator.compiler import (
+    QAD_ON_PERPLEXITY,
+    CompileError,
+    CompileOptions,
+    Defaults,
+    compile_plan,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -139,7 +145,7 @@ def test_qad_defaults() -> None:
     plan = _plan(_spec(techniques=[{"ptq": {"format": "fp8"}}, {"qad": {}}]))
     qad = plan.techniques[1]
     assert isinstance(qad, QADPlan)
-    assert qad.teacher is None and qad.temperature == 1.0 and qad.kd_weight == 1.0
+    assert qad.teacher is None and qad.temperature == 2.0 and qad.kd_weight == 1.0
     assert qad.training.steps == Defaults.STEPS
     assert qad.training.learning_rate == Defaults.LEARNING_RATE
 
@@ -180,16 +186,15 @@ def _labels(plan: Plan) -> list[str]:
 
 
 def test_escalation_ladder_tries_the_cheap_ptq_fixes_then_qat_then_qad() -> None:
-    plan = _plan(
-        _spec(
-            techniques=[{"speculative": {"algorithm": "eagle3"}}, {"ptq": {"format": "int8_sq"}}],
-            evaluation={
-                "maxDegradationPercent": 5,
-                "onGateFailure": "escalate",
-                "escalation": {"steps": 9},
-            },
-        )
-    )
+    evaluation = {
+        "maxDegradationPercent": 5,
+        "tasks": [{"name": "arc_easy", "minRecovery": 0.97}],
+        "onGateFailure": "escalate",
+        "escalation": {"steps": 9},
+    }
+    techniques = [{"speculative": {"algorithm": "eagle3"}}, {"ptq": {"format": "int8_sq"}}]
+    plan = _plan(_spec(techniques=techniques, evaluation=evaluation))
+    assert plan.evaluation.ladder_notes == ()
     assert _labels(plan) == [
         "speculative(eagle3)+ptq(int8_sq,smoothquant_search)",
         "speculative(eagle3)+ptq(int8_sq,512x512)",
@@ -203,6 +208,24 @@ def test_escalation_ladder_tries_the_cheap_ptq_fixes_then_qat_then_qad() -> None
     for rung in plan.evaluation.escalation[:3]:
         changed = {k for k, v in rung[1] if getattr(asked, k) != v}
         assert len(changed) == 1 and rung[0] == plan.techniques[0]
+
+
+def test_a_perplexity_only_gate_leaves_qad_off_the_default_ladder_and_says_why() -> None:
+    evaluation: dict[str, object] = {"maxDegradationPercent": 5, "onGateFailure": "escalate"}
+    plan = _plan(_spec(techniques=[{"ptq": {"format": "int8_sq"}}], evaluation=evaluation))
+    assert _labels(plan)[-1] == "ptq(int8_sq)+qat"
+    assert not any(t.kind == "qad" for stack in plan.evaluation.escalation for t in stack)
+    assert plan.evaluation.ladder_notes == (QAD_ON_PERPLEXITY,)
+    # The note follows from the spec: it is not part of the recipe.
+    assert "ladder_notes" not in json.dumps(plan.recipe())
+    # Asked for by name, QAD is tried; a task that gates puts it back on the default ladder.
+    asked = {**evaluation, "escalation": {"rungs": ["qat", "qad"]}}
+    named = _plan(_spec(techniques=[{"ptq": {"format": "int8_sq"}}], evaluation=asked))
+    assert _labels(named) == ["ptq(int8_sq)+qat", "ptq(int8_sq)+qad"]
+    assert named.evaluation.ladder_notes == ()
+    gated = {**evaluation, "tasks": [{"name": "arc_easy", "maxDrop": 0.02}]}
+    tasks = _plan(_spec(techniques=[{"ptq": {"format": "int8_sq"}}], evaluation=gated))
+    assert _labels(tasks)[-1] == "ptq(int8_sq)+qad" and tasks.evaluation.ladder_notes == ()
 
 
 def test_escalation_rungs_are_chosen_in_cost_order_and_bounded() -> None:

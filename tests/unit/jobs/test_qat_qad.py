@@ -124,7 +124,7 @@ def test_qad_distills_from_the_original_with_a_per_token_kl(
     held_out = _held_out(loaded)
     before = _kl(original, loaded.model, held_out)
     training = _training(steps=20, checkpoint_every=10).model_copy(update={"learning_rate": 1e-4})
-    spec = QADPlan(training=training)
+    spec = QADPlan(training=training, temperature=1.0)
     # Step 1's loss, by hand: KL(teacher || student) summed over the vocabulary, averaged over
     # the tokens of the batch (not also over the vocabulary, which would make it ~400x smaller).
     batch = data.token_blocks(spec.training.data, "train", loaded.tokenizer, tmp_path)[:2]

@@ -97,6 +97,19 @@ def test_a_passed_report_shows_the_verdict_every_attempt_and_every_task(tmp_path
     assert "## Where the time went (24.2 s)" in text
     assert "| quantization | W8A8_SQ_PER_CHANNEL |" in text and "| served by | llm-api |" in text
     assert "![" not in text  # no plots were drawn, so none is linked
+    assert "Not on the ladder" not in text
+
+
+def test_the_report_says_why_a_rung_is_not_on_the_ladder(tmp_path: Path) -> None:
+    facts = _escalated(tmp_path)
+    plan = tiny_plan(tmp_path / "model", tmp_path / "store", ())
+    evaluation = plan.evaluation.model_copy(update={"ladder_notes": ("qad was not tried: why",)})
+    noted = plan.model_copy(update={"evaluation": evaluation})
+    assert noted.hash() == plan.hash()
+    text = render_markdown(
+        ReportFacts.from_plan(noted, facts.metrics, passed=True, attempts=facts.attempts)
+    )
+    assert "Not on the ladder: qad was not tried: why." in text
 
 
 def test_a_failed_report_says_nothing_was_published_and_why(tmp_path: Path) -> None:
