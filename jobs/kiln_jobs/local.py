@@ -4,7 +4,8 @@
 published Triton repository with the `tritonserver` from the `nvidia-pytriton` wheel and the
 OpenAI-compatible endpoint beside it, sends a smoke prompt over HTTP, gRPC and as a stream, checks
 the served continuation against the checkpoint's own, scores the generative tasks on the served
-endpoint when the Plan asks (`kiln_jobs.served_eval`), and prints a short plain-text report.
+endpoint and measures latency and throughput over a concurrency ladder when the Plan asks
+(`kiln_jobs.served_eval`, `kiln_jobs.serving.loadtest`), and prints a short plain-text report.
 Every failure a user can act on is a `KilnJobError` with a one-line message; the CLI prints it
 and exits with its code.
 """
@@ -25,6 +26,7 @@ from kiln_jobs.errors import AccuracyGateFailed, UserError
 from kiln_jobs.manifest import Manifest, Metrics
 from kiln_jobs.plan import Plan
 from kiln_jobs.report import ReportFacts, write_report
+from kiln_jobs.serving.loadtest import LevelStats, measure
 
 if TYPE_CHECKING:
     from kiln_jobs.runner import RunResult
@@ -61,6 +63,8 @@ class ServeReport:
     stopped: bool = True
     # The Plan's tasks scored again on the served endpoint (evaluation.served).
     served_tasks: list[served_eval.ServedTaskResult] = field(default_factory=list)
+    # Latency and throughput per concurrency level (evaluation.performance).
+    performance: list[LevelStats] = field(default_factory=list)
 
 
 @dataclass
@@ -168,6 +172,15 @@ def serve_published(
                 publish_dir / manifest.checkpoint_dir,
                 cache_dir or publish_dir.parent / ".cache",
             )
+            if (performance := manifest.plan.evaluation.performance) is not None:
+                report.performance = measure(
+                    server.http_url,
+                    model,
+                    performance.prompt,
+                    levels=performance.concurrency,
+                    requests=performance.requests,
+                    max_tokens=performance.max_tokens,
+                )
             if on_ready is not None:
                 on_ready(report)
             if served is not None and not all(r.passed for r in report.served_tasks):
@@ -321,6 +334,7 @@ def _serve_lines(serve: ServeReport) -> list[str]:
         f"same text: {'yes' if serve.protocols_agree else 'NO'}",
         f"  checkpoint   served text equals the checkpoint's greedy continuation: {check}",
         *(f"  served task  {task.summary()}" for task in serve.served_tasks),
+        *(f"  performance  {level.summary()}" for level in serve.performance),
     ]
 
 

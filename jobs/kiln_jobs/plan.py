@@ -38,6 +38,7 @@ __all__ = [
     "ModelRef",
     "OutputPlan",
     "PTQPlan",
+    "PerformancePlan",
     "Plan",
     "PlanMetadata",
     "PruneDistillPlan",
@@ -201,6 +202,17 @@ class ServedEvaluationPlan(_Frozen):
     max_drop: float = Field(default=0.05, ge=0)
 
 
+class PerformancePlan(_Frozen):
+    """Measure the served model's latency and throughput over a concurrency ladder
+    (`kiln_jobs.serving.loadtest`). It measures serving, not the recipe: not hashed."""
+
+    concurrency: tuple[int, ...] = Field(default=(1, 4), min_length=1)
+    # Requests per level (at least one per worker).
+    requests: int = Field(default=8, gt=0)
+    max_tokens: int = Field(default=32, gt=0)
+    prompt: str = "The GNU General Public License is"
+
+
 class EvaluationPlan(_Frozen):
     """Perplexity and task scores before and after, and the accuracy gate between them."""
 
@@ -216,6 +228,7 @@ class EvaluationPlan(_Frozen):
     # Scored after perplexity, with the same samples for the baseline and every attempt.
     tasks: tuple[TaskPlan, ...] = ()
     served: ServedEvaluationPlan | None = None
+    performance: PerformancePlan | None = None
     # Rungs the compiler left off the escalation ladder, each with why, for the report. They
     # follow from the rest of the Plan, so they are not hashed.
     ladder_notes: tuple[str, ...] = ()
@@ -298,7 +311,7 @@ class Plan(_Frozen):
         # then is still found (and not optimized again) after an upgrade.
         if not evaluation["tasks"]:
             del evaluation["tasks"]
-        del evaluation["served"], evaluation["ladder_notes"]
+        del evaluation["served"], evaluation["performance"], evaluation["ladder_notes"]
         recipe["techniques"] = [_hashed_technique(t) for t in recipe["techniques"]]
         evaluation["escalation"] = [
             [_hashed_technique(t) for t in stack] for stack in evaluation["escalation"]

@@ -18,6 +18,7 @@ from kiln_jobs.plan import (
     HardwarePlan,
     ModelRef,
     OutputPlan,
+    PerformancePlan,
     Plan,
     PlanMetadata,
     PruneDistillPlan,
@@ -36,6 +37,7 @@ from kiln_operator.api.spec import (
     EscalationSpec,
     EvaluationSpec,
     ModelOptimizationSpec,
+    PerformanceSpec,
     TaskSpec,
 )
 from kiln_operator.api.techniques import (
@@ -172,12 +174,13 @@ def _scope(namespace: str | None, options: CompileOptions) -> str:
 def _check_target(spec: ModelOptimizationSpec, options: CompileOptions) -> None:
     if options.target != "cluster":
         return
-    if spec.evaluation.served is not None:
-        raise CompileError(
-            "spec.evaluation.served",
-            "the served-model evaluation runs with kiln run only; a cluster does not run it "
-            "yet: remove it from this resource",
-        )
+    for field in ("served", "performance"):
+        if getattr(spec.evaluation, field) is not None:
+            raise CompileError(
+                f"spec.evaluation.{field}",
+                f"evaluation.{field} is measured on the served model by kiln run only; a "
+                "cluster does not run it yet: remove it from this resource",
+            )
     for path, uri in spec_uris(spec):
         if uri_scheme(uri) == "file":
             raise CompileError(
@@ -367,7 +370,14 @@ def _evaluation(spec: EvaluationSpec, techniques: tuple[Technique, ...]) -> Eval
         escalation=escalation,
         tasks=tuple(_task(task) for task in spec.tasks or []),
         served=ServedEvaluationPlan(max_drop=spec.served.max_drop) if spec.served else None,
+        performance=_performance(spec.performance) if spec.performance else None,
         ladder_notes=notes,
+    )
+
+
+def _performance(spec: PerformanceSpec) -> PerformancePlan:
+    return PerformancePlan(
+        concurrency=tuple(spec.concurrency), requests=spec.requests, max_tokens=spec.max_tokens
     )
 
 

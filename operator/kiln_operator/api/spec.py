@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -106,6 +106,20 @@ class ServedEvaluationSpec(KilnModel):
     ServingRegression."""
 
 
+class PerformanceSpec(KilnModel):
+    """Measure the served model's speed: time to first token, inter-token latency and output
+    tokens per second at each concurrency level, streaming over the serving contract."""
+
+    concurrency: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [1, 4], min_length=1, max_length=8
+    )
+    """Concurrency levels, each a closed loop of this many clients. Defaults to 1 and 4."""
+    requests: int = Field(default=8, gt=0, le=10_000)
+    """Requests per level (at least one per client)."""
+    max_tokens: int = Field(default=32, gt=0, le=8192)
+    """New tokens each request asks for."""
+
+
 class TaskSpec(KilnModel):
     """An lm-evaluation-harness task, scored on the original and on the optimized model with the
     same samples. With minRecovery or maxDrop it is part of the accuracy gate; with neither it is
@@ -193,6 +207,9 @@ class EvaluationSpec(KilnModel):
     endpoint and compare with the in-process score. Multiple-choice tasks need prompt
     log-probabilities, which serving does not return, and are reported as not scored.
     Measured by kiln run; a cluster does not run it yet and refuses the field."""
+    performance: PerformanceSpec | None = None
+    """Measure the served model's latency and throughput over a concurrency ladder and report
+    it. Measured by kiln run; a cluster does not run it yet and refuses the field."""
 
     model_config = cel_rules(
         (

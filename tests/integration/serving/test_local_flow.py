@@ -13,6 +13,7 @@ import pytest
 
 from kiln_jobs import local
 from kiln_jobs.manifest import CheckpointInfo, Manifest, Metrics, StageResult
+from kiln_jobs.plan import PerformancePlan
 from kiln_jobs.serving.tritonserver import TritonServer
 from tests.integration.serving.conftest import group_alive, reference_text
 
@@ -41,8 +42,12 @@ def _manifest(published) -> Manifest:
 def test_serve_published_checks_every_protocol_and_the_checkpoint(tiny_published) -> None:
     groups = set(TritonServer.started_groups)
     seen = []
+    manifest = _manifest(tiny_published)
+    performance = PerformancePlan(concurrency=(1, 2), requests=3, max_tokens=8)
+    evaluation = manifest.plan.evaluation.model_copy(update={"performance": performance})
+    manifest.plan = manifest.plan.model_copy(update={"evaluation": evaluation})
     report = local.serve_published(
-        _manifest(tiny_published), tiny_published.root, prompt="Kiln serves", on_ready=seen.append
+        manifest, tiny_published.root, prompt="Kiln serves", on_ready=seen.append
     )
     expected = reference_text(tiny_published.export, "Kiln serves", local.SMOKE_TOKENS)
     assert report.text == expected
@@ -52,6 +57,14 @@ def test_serve_published_checks_every_protocol_and_the_checkpoint(tiny_published
     assert report.openai_url.startswith("http://127.0.0.1:") and report.openai_url.endswith("/v1")
     assert seen == [report]
     assert not any(group_alive(g) for g in TritonServer.started_groups - groups)
+    # The load test streamed every request of each level to its last token.
+    one, two = report.performance
+    assert (one.concurrency, one.requests, two.concurrency, two.requests) == (1, 3, 2, 3)
+    for level in (one, two):
+        assert 0 < level.ttft_p50 <= level.ttft_p95 < level.seconds
+        assert level.itl_p50 is not None and level.itl_p50 > 0
+        assert level.output_tokens_per_second == pytest.approx(3 * 8 / level.seconds)
+    print("\n".join(level.summary() for level in report.performance))
 
 
 def test_run_local_prints_a_plain_report(tiny_published, tmp_path: Path, monkeypatch) -> None:

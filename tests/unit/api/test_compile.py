@@ -317,6 +317,26 @@ def test_the_served_evaluation_compiles_for_kiln_run_and_leaves_the_hash_alone()
     assert "kiln run only" in str(error.value)
 
 
+def test_the_performance_measurement_compiles_for_kiln_run_and_leaves_the_hash_alone() -> None:
+    local = CompileOptions(target="local", default_store="file:///tmp/a")
+    plain = compile_plan(_spec(), name="m", options=local)
+    spec = _spec(evaluation={"performance": {"concurrency": [1, 8], "maxTokens": 64}})
+    measured = compile_plan(spec, name="m", options=local)
+    performance = measured.evaluation.performance
+    assert performance is not None and plain.evaluation.performance is None
+    assert (performance.concurrency, performance.requests, performance.max_tokens) == (
+        (1, 8),
+        8,
+        64,
+    )
+    assert measured.hash() == plain.hash()
+    with pytest.raises(CompileError) as error:
+        _plan(_spec(evaluation={"performance": {}}))
+    assert error.value.path == "spec.evaluation.performance"
+    with pytest.raises(ValidationError):
+        _spec(evaluation={"performance": {"concurrency": [0]}})
+
+
 def test_fail_has_no_escalation() -> None:
     assert _plan(_spec(evaluation={"maxDegradationPercent": 5})).evaluation.escalation == ()
 
