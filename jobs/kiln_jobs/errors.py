@@ -19,6 +19,7 @@ __all__ = [
     "ResourceExhausted",
     "ServingRegression",
     "SourceNotFound",
+    "SpeedGateFailed",
     "StoreUnavailable",
     "UnsupportedHardware",
     "UserError",
@@ -38,6 +39,7 @@ class ExitCode(IntEnum):
     SOURCE_NOT_FOUND = 7
     STORE_UNAVAILABLE = 8
     SERVING_REGRESSION = 9
+    SPEED_GATE_FAILED = 10
 
     @classmethod
     def permanent(cls) -> tuple[int, ...]:
@@ -49,6 +51,7 @@ class ExitCode(IntEnum):
             cls.ACCURACY_GATE_FAILED,
             cls.SOURCE_NOT_FOUND,
             cls.SERVING_REGRESSION,
+            cls.SPEED_GATE_FAILED,
         )
 
 
@@ -101,6 +104,13 @@ class ServingRegression(KilnJobError):
 
     exit_code = ExitCode.SERVING_REGRESSION
     reason = "ServingRegression"
+
+
+class SpeedGateFailed(KilnJobError):
+    """The served optimized model is not as much faster than the original as the Plan asks."""
+
+    exit_code = ExitCode.SPEED_GATE_FAILED
+    reason = "SpeedGateFailed"
 
 
 class ResourceExhausted(KilnJobError):

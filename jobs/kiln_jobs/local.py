@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from kiln_jobs import served_eval
-from kiln_jobs.contract import REPORT_DIR
+from kiln_jobs import served_eval, speed_gate
+from kiln_jobs.contract import REPORT_DIR, TRITON_DIR
 from kiln_jobs.errors import AccuracyGateFailed, UserError
 from kiln_jobs.manifest import Manifest, Metrics
-from kiln_jobs.plan import Plan
+from kiln_jobs.plan import EvaluationPlan, PerformancePlan, Plan
 from kiln_jobs.report import ReportFacts, write_report
 from kiln_jobs.serving.loadtest import LevelStats, measure
 
@@ -63,8 +63,11 @@ class ServeReport:
     stopped: bool = True
     # The Plan's tasks scored again on the served endpoint (evaluation.served).
     served_tasks: list[served_eval.ServedTaskResult] = field(default_factory=list)
-    # Latency and throughput per concurrency level (evaluation.performance).
+    # Latency and throughput per concurrency level (evaluation.performance), of the served
+    # model and of the original served the same way, and the speedup per level.
     performance: list[LevelStats] = field(default_factory=list)
+    baseline_performance: list[LevelStats] = field(default_factory=list)
+    speed: list[speed_gate.SpeedResult] = field(default_factory=list)
 
 
 @dataclass
@@ -111,7 +114,7 @@ def serve_published(
     prompt: str = DEFAULT_PROMPT,
     keep_serving: bool = False,
     log_path: Path | None = None,
-    cache_dir: Path | None = None,
+    work_dir: Path | None = None,
     on_ready: Callable[[ServeReport], None] | None = None,
     out: TextIO = sys.stdout,
 ) -> ServeReport:
@@ -123,14 +126,15 @@ def serve_published(
         prompt: The smoke prompt.
         keep_serving: Block, serving, until interrupted (Ctrl-C or SIGTERM).
         log_path: Where the server log goes.
-        cache_dir: Where task sources are fetched for the served evaluation (default: beside
-            the published plan).
+        work_dir: Scratch space: task sources for the served evaluation, the original model's
+            dense checkpoint for the speed comparison (default: beside the published plan).
         on_ready: Called with the report once the checks are done, before serving on.
         out: Where the serving notices go (the report is the caller's).
 
     Raises:
         ServingRegression: The served model scored below the published one by more than
             `evaluation.served.max_drop` (after the report is handed to `on_ready`).
+        SpeedGateFailed: It is slower than `evaluation.performance.min_speedup` allows (idem).
         KilnJobError: The runtime cannot be served here, Triton failed, or a request failed.
     """
     from kiln_jobs.serving.client import generate
@@ -144,7 +148,13 @@ def serve_published(
     if manifest.triton_repository is None:
         raise UserError("serve: the manifest names no Triton repository")
     model = manifest.plan.serving.model_name
+    work_dir = work_dir or publish_dir.parent / ".work"
+    evaluation = manifest.plan.evaluation
     report = ServeReport(runtime=runtime, model=model, prompt=prompt)
+    if evaluation.performance is not None and evaluation.performance.baseline:
+        report.baseline_performance = _measure_original(
+            manifest.plan, evaluation.performance, work_dir, log_path
+        )
     server = TritonServer(publish_dir / manifest.triton_repository, log_path=log_path)
     with server:
         report.http_url, report.grpc_url = server.http_url, server.grpc_url
@@ -165,32 +175,54 @@ def serve_published(
         ).start()
         try:
             report.openai_url = openai.url
-            served = manifest.plan.evaluation.served
             report.served_tasks = served_eval.evaluate_served(
-                manifest,
-                openai.url,
-                publish_dir / manifest.checkpoint_dir,
-                cache_dir or publish_dir.parent / ".cache",
+                manifest, openai.url, publish_dir / manifest.checkpoint_dir, work_dir / "cache"
             )
-            if (performance := manifest.plan.evaluation.performance) is not None:
-                report.performance = measure(
-                    server.http_url,
-                    model,
-                    performance.prompt,
-                    levels=performance.concurrency,
-                    requests=performance.requests,
-                    max_tokens=performance.max_tokens,
-                )
+            if (performance := evaluation.performance) is not None:
+                report.performance = _measure(server.http_url, model, performance)
+                if report.baseline_performance:
+                    report.speed = speed_gate.compare(
+                        report.baseline_performance, report.performance, performance
+                    )
             if on_ready is not None:
                 on_ready(report)
-            if served is not None and not all(r.passed for r in report.served_tasks):
-                raise served_eval.regression(report.served_tasks, served)
+            _check_serving_gates(evaluation, report)
             if keep_serving:
                 _serve_until_interrupted(server, report, out)
         finally:
             openai.stop()
     report.stopped = server.pid is None
     return report
+
+
+def _measure(url: str, model: str, performance: PerformancePlan) -> list[LevelStats]:
+    return measure(
+        url,
+        model,
+        performance.prompt,
+        levels=performance.concurrency,
+        requests=performance.requests,
+        max_tokens=performance.max_tokens,
+    )
+
+
+def _measure_original(
+    plan: Plan, performance: PerformancePlan, work_dir: Path, log_path: Path | None
+) -> list[LevelStats]:
+    """Serve the original model alone, measure it, stop it."""
+    from kiln_jobs.serving.tritonserver import TritonServer
+
+    root = speed_gate.baseline_repository(plan, work_dir)
+    log = log_path.with_name(f"baseline-{log_path.name}") if log_path else None
+    with TritonServer(root / TRITON_DIR, log_path=log) as server:
+        return _measure(server.http_url, plan.serving.model_name, performance)
+
+
+def _check_serving_gates(evaluation: EvaluationPlan, report: ServeReport) -> None:
+    if evaluation.served is not None and not all(r.passed for r in report.served_tasks):
+        raise served_eval.regression(report.served_tasks, evaluation.served)
+    if evaluation.performance is not None and not all(r.passed for r in report.speed):
+        raise speed_gate.failure(report.speed, evaluation.performance)
 
 
 def _serve_until_interrupted(server: object, report: ServeReport, out: TextIO) -> None:
@@ -259,7 +291,7 @@ def run_local(
             prompt=prompt,
             keep_serving=keep_serving,
             log_path=workdir / "tritonserver.log",
-            cache_dir=workdir / "cache",
+            work_dir=workdir,
             on_ready=print_report,
             out=out,
         )
@@ -335,6 +367,8 @@ def _serve_lines(serve: ServeReport) -> list[str]:
         f"  checkpoint   served text equals the checkpoint's greedy continuation: {check}",
         *(f"  served task  {task.summary()}" for task in serve.served_tasks),
         *(f"  performance  {level.summary()}" for level in serve.performance),
+        *(f"  original     {level.summary()}" for level in serve.baseline_performance),
+        *(f"  speedup      {result.summary()}" for result in serve.speed),
     ]
 
 

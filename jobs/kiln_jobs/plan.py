@@ -19,7 +19,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kiln_jobs.contract import (
     AwqBlockSize,
@@ -211,6 +211,16 @@ class PerformancePlan(_Frozen):
     requests: int = Field(default=8, gt=0)
     max_tokens: int = Field(default=32, gt=0)
     prompt: str = "The GNU General Public License is"
+    # Serve and measure the original model first (`kiln_jobs.speed_gate`).
+    baseline: bool = True
+    # Optimized output tokens/s over the original's, at every level; needs `baseline`.
+    min_speedup: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _threshold_needs_baseline(self) -> PerformancePlan:
+        if self.min_speedup is not None and not self.baseline:
+            raise ValueError("min_speedup compares with the original: it needs baseline")
+        return self
 
 
 class EvaluationPlan(_Frozen):

@@ -377,7 +377,11 @@ def _evaluation(spec: EvaluationSpec, techniques: tuple[Technique, ...]) -> Eval
 
 def _performance(spec: PerformanceSpec) -> PerformancePlan:
     return PerformancePlan(
-        concurrency=tuple(spec.concurrency), requests=spec.requests, max_tokens=spec.max_tokens
+        concurrency=tuple(spec.concurrency),
+        requests=spec.requests,
+        max_tokens=spec.max_tokens,
+        baseline=spec.baseline,
+        min_speedup=spec.min_speedup,
     )
 
 

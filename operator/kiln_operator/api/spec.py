@@ -118,6 +118,27 @@ class PerformanceSpec(KilnModel):
     """Requests per level (at least one per client)."""
     max_tokens: int = Field(default=32, gt=0, le=8192)
     """New tokens each request asks for."""
+    baseline: bool = True
+    """Serve and measure the original model the same way first, and report the speedup."""
+    min_speedup: float | None = Field(default=None, gt=0, le=1000)
+    """The speed gate: the optimized output tokens per second over the original's, at every
+    level, must be at least this; below it the result is SpeedGateFailed. Needs baseline."""
+
+    model_config = cel_rules(
+        (
+            "!has(self.minSpeedup) || !has(self.baseline) || self.baseline",
+            "minSpeedup compares with the original model: it needs baseline: true",
+            ".minSpeedup",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _threshold_needs_baseline(self) -> PerformanceSpec:
+        if self.min_speedup is not None and not self.baseline:
+            raise ValueError(
+                "minSpeedup: it compares with the original model: it needs baseline: true"
+            )
+        return self
 
 
 class TaskSpec(KilnModel):

@@ -116,7 +116,7 @@ def test_fp8_passes_the_gates_and_the_served_model_scores_as_in_process(tmp_path
     # scores what it scored in process; the multiple-choice one cannot be asked there.
     began = time.monotonic()
     served = local.serve_published(
-        manifest, result.published_dir, cache_dir=tmp_path / "cache", log_path=tmp_path / "log"
+        manifest, result.published_dir, work_dir=tmp_path / "work", log_path=tmp_path / "log"
     )
     chosen, written = served.served_tasks
     print(f"served in {time.monotonic() - began:.0f}s: {written.summary()}")

@@ -16,6 +16,7 @@ from kiln_jobs.manifest import CheckpointInfo, Manifest, Metrics, StageResult
 from kiln_jobs.plan import PerformancePlan
 from kiln_jobs.serving.tritonserver import TritonServer
 from tests.integration.serving.conftest import group_alive, reference_text
+from tests.integration.serving.tiny_models import byte_tokenizer, tiny_llama
 
 pytestmark = pytest.mark.integration
 
@@ -39,15 +40,38 @@ def _manifest(published) -> Manifest:
     )
 
 
-def test_serve_published_checks_every_protocol_and_the_checkpoint(tiny_published) -> None:
+@pytest.fixture(scope="module")
+def tiny_original(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama the published FP8 checkpoint was quantized from, unquantized."""
+    directory = tmp_path_factory.mktemp("original")
+    tiny_llama(0).save_pretrained(directory)
+    byte_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def _measured(manifest: Manifest, original: Path, performance: PerformancePlan) -> Manifest:
+    """The manifest of a plan of `original` that asks for a performance measurement."""
+    plan = manifest.plan
+    evaluation = plan.evaluation.model_copy(update={"performance": performance})
+    model = plan.model.model_copy(update={"source": original.as_uri()})
+    return manifest.model_copy(
+        update={"plan": plan.model_copy(update={"evaluation": evaluation, "model": model})}
+    )
+
+
+def test_serve_published_checks_every_protocol_and_the_checkpoint(
+    tiny_published, tiny_original: Path, tmp_path: Path
+) -> None:
     groups = set(TritonServer.started_groups)
     seen = []
-    manifest = _manifest(tiny_published)
     performance = PerformancePlan(concurrency=(1, 2), requests=3, max_tokens=8)
-    evaluation = manifest.plan.evaluation.model_copy(update={"performance": performance})
-    manifest.plan = manifest.plan.model_copy(update={"evaluation": evaluation})
+    manifest = _measured(_manifest(tiny_published), tiny_original, performance)
     report = local.serve_published(
-        manifest, tiny_published.root, prompt="Kiln serves", on_ready=seen.append
+        manifest,
+        tiny_published.root,
+        prompt="Kiln serves",
+        on_ready=seen.append,
+        work_dir=tmp_path / "work",
     )
     expected = reference_text(tiny_published.export, "Kiln serves", local.SMOKE_TOKENS)
     assert report.text == expected
@@ -57,14 +81,22 @@ def test_serve_published_checks_every_protocol_and_the_checkpoint(tiny_published
     assert report.openai_url.startswith("http://127.0.0.1:") and report.openai_url.endswith("/v1")
     assert seen == [report]
     assert not any(group_alive(g) for g in TritonServer.started_groups - groups)
-    # The load test streamed every request of each level to its last token.
-    one, two = report.performance
-    assert (one.concurrency, one.requests, two.concurrency, two.requests) == (1, 3, 2, 3)
-    for level in (one, two):
-        assert 0 < level.ttft_p50 <= level.ttft_p95 < level.seconds
-        assert level.itl_p50 is not None and level.itl_p50 > 0
-        assert level.output_tokens_per_second == pytest.approx(3 * 8 / level.seconds)
-    print("\n".join(level.summary() for level in report.performance))
+    # The load test streamed every request of each level to its last token, on the original
+    # model first (served alone from a dense checkpoint), then on the published one.
+    for levels in (report.baseline_performance, report.performance):
+        one, two = levels
+        assert (one.concurrency, one.requests, two.concurrency, two.requests) == (1, 3, 2, 3)
+        for level in (one, two):
+            assert 0 < level.ttft_p50 <= level.ttft_p95 < level.seconds
+            assert level.itl_p50 is not None and level.itl_p50 > 0
+            assert level.output_tokens_per_second == pytest.approx(3 * 8 / level.seconds)
+    assert [r.concurrency for r in report.speed] == [1, 2] and all(r.passed for r in report.speed)
+    assert report.speed[1].speedup == pytest.approx(
+        report.performance[1].output_tokens_per_second
+        / report.baseline_performance[1].output_tokens_per_second
+    )
+    assert (tmp_path / "work" / "baseline").is_dir()
+    print("\n".join(r.summary() for r in report.speed))
 
 
 def test_run_local_prints_a_plain_report(tiny_published, tmp_path: Path, monkeypatch) -> None:
@@ -134,7 +166,7 @@ def test_a_served_score_short_of_the_published_one_is_a_serving_regression(
     seen = []
     with pytest.raises(ServingRegression) as failure:
         local.serve_published(
-            manifest, tiny_published.root, cache_dir=tmp_path / "cache", on_ready=seen.append
+            manifest, tiny_published.root, work_dir=tmp_path / "work", on_ready=seen.append
         )
     # The report was handed over first, so `kiln run` prints what was measured.
     ((result,),) = [report.served_tasks for report in seen]
