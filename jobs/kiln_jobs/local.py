@@ -27,6 +27,7 @@ from kiln_jobs.manifest import Manifest, Metrics
 from kiln_jobs.plan import EvaluationPlan, PerformancePlan, Plan
 from kiln_jobs.report import ReportFacts, write_report
 from kiln_jobs.serving.loadtest import LevelStats, measure
+from kiln_jobs.serving_report import ServingFacts, write_serving_report
 
 if TYPE_CHECKING:
     from kiln_jobs.runner import RunResult
@@ -80,6 +81,8 @@ class LocalReport:
     reused: bool = False
     serve: ServeReport | None = None
     skipped_serving: str | None = None
+    # The serving report (served tasks, speed), when serving measured something.
+    serving_report: Path | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -282,6 +285,7 @@ def run_local(
 
         def print_report(serving: ServeReport) -> None:
             report.serve = serving
+            report.serving_report = _write_serving_report(plan, serving, workdir)
             report.seconds = time.monotonic() - started
             print(format_report(report), file=out, flush=True)
 
@@ -302,6 +306,18 @@ def run_local(
     report.seconds = time.monotonic() - started
     print(format_report(report), file=out, flush=True)
     return report
+
+
+def _write_serving_report(plan: Plan, serve: ServeReport, workdir: Path) -> Path | None:
+    facts = ServingFacts(
+        title=plan.metadata.name,
+        runtime=serve.runtime,
+        served_tasks=serve.served_tasks,
+        performance=serve.performance,
+        baseline=serve.baseline_performance,
+        speed=serve.speed,
+    )
+    return write_serving_report(facts, workdir / REPORT_DIR) if facts.measured() else None
 
 
 def _optimize(plan: Plan, workdir: Path, out: TextIO) -> RunResult:
@@ -396,6 +412,8 @@ def format_report(report: LocalReport) -> str:
         )
     if report.serve is not None:
         lines += _serve_lines(report.serve)
+    if report.serving_report is not None:
+        lines.append(f"  serving      report {report.serving_report}")
     elif report.skipped_serving:
         lines.append(f"  serving      skipped ({report.skipped_serving})")
     lines.append(f"  wall time    {report.seconds:.1f}s")

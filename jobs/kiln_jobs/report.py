@@ -23,7 +23,14 @@ from kiln_jobs.plan import Plan
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["ReportFacts", "render_markdown", "write_report"]
+__all__ = [
+    "ReportFacts",
+    "markdown_row",
+    "new_figure",
+    "render_markdown",
+    "save_png",
+    "write_report",
+]
 
 _TASKS_PLOT = "tasks.png"
 _LADDER_PLOT = "attempts.png"
@@ -159,7 +166,7 @@ def _accuracy(facts: ReportFacts, plots: set[str] | frozenset[str]) -> str:
     if metrics.perplexity is not None and metrics.baseline_perplexity is not None:
         gate = facts.max_degradation_percent
         rows.append(
-            _row(
+            markdown_row(
                 "perplexity (lower is better)",
                 f"{metrics.baseline_perplexity:.3f}",
                 f"{metrics.perplexity:.3f}",
@@ -170,7 +177,7 @@ def _accuracy(facts: ReportFacts, plots: set[str] | frozenset[str]) -> str:
         )
     if metrics.exported_perplexity is not None:
         rows.append(
-            _row(
+            markdown_row(
                 "perplexity of the published checkpoint",
                 "",
                 f"{metrics.exported_perplexity:.3f}",
@@ -181,7 +188,7 @@ def _accuracy(facts: ReportFacts, plots: set[str] | frozenset[str]) -> str:
         )
     for task in metrics.tasks or []:
         rows.append(
-            _row(
+            markdown_row(
                 f"{task.name} ({task.metric}, {task.samples} samples)",
                 f"{task.baseline:.3f}",
                 f"{task.optimized:.3f}",
@@ -207,8 +214,8 @@ def _accuracy(facts: ReportFacts, plots: set[str] | frozenset[str]) -> str:
     table = [
         heading,
         "",
-        _row("metric", "baseline", "optimized", "change", "gate", "note"),
-        _row(*["---"] * 6),
+        markdown_row("metric", "baseline", "optimized", "change", "gate", "note"),
+        markdown_row(*["---"] * 6),
         *rows,
     ]
     if _TASKS_PLOT in plots:
@@ -225,13 +232,15 @@ def _ladder(facts: ReportFacts, plots: set[str] | frozenset[str]) -> str:
         "Each stack the gate judged, in the order tried (escalation starts each from the "
         "original model).",
         "",
-        _row("#", "techniques", "perplexity", "change", "tasks passed", "seconds", "verdict"),
-        _row(*["---"] * 7),
+        markdown_row(
+            "#", "techniques", "perplexity", "change", "tasks passed", "seconds", "verdict"
+        ),
+        markdown_row(*["---"] * 7),
     ]
     for number, attempt in enumerate(facts.attempts, 1):
         tasks = attempt.tasks or []
         lines.append(
-            _row(
+            markdown_row(
                 str(number),
                 attempt.techniques,
                 f"{attempt.perplexity:.3f}" if attempt.perplexity is not None else "",
@@ -251,16 +260,26 @@ def _size(metrics: Metrics) -> str:
     rows = []
     base, size = metrics.baseline_size_bytes, metrics.size_bytes
     if base and size:
-        rows.append(_row("weights", _mb(base), _mb(size), f"{base / size:.2f}x smaller"))
+        rows.append(markdown_row("weights", _mb(base), _mb(size), f"{base / size:.2f}x smaller"))
     if metrics.params_before and metrics.params_after:
         before, after = metrics.params_before, metrics.params_after
-        rows.append(_row("parameters", f"{before:,}", f"{after:,}", f"{after / before:.1%} kept"))
+        rows.append(
+            markdown_row("parameters", f"{before:,}", f"{after:,}", f"{after / before:.1%} kept")
+        )
     if metrics.acceptance_length is not None:
-        rows.append(_row("draft tokens accepted per step", "", f"{metrics.acceptance_length:.2f}"))
+        rows.append(
+            markdown_row("draft tokens accepted per step", "", f"{metrics.acceptance_length:.2f}")
+        )
     if not rows:
         return ""
     return "\n".join(
-        ["## Size", "", _row("", "baseline", "optimized", ""), _row(*["---"] * 4), *rows]
+        [
+            "## Size",
+            "",
+            markdown_row("", "baseline", "optimized", ""),
+            markdown_row(*["---"] * 4),
+            *rows,
+        ]
     )
 
 
@@ -271,39 +290,39 @@ def _time(stages: Sequence[StageResult], plots: set[str] | frozenset[str]) -> st
     lines = [
         f"## Where the time went ({total:.1f} s)",
         "",
-        _row("stage", "state", "seconds", "note"),
-        _row(*["---"] * 4),
+        markdown_row("stage", "state", "seconds", "note"),
+        markdown_row(*["---"] * 4),
     ]
     for stage in stages:
         seconds = f"{stage.seconds:.1f}" if stage.seconds is not None else ""
         measured = ", ".join(f"{key} {value}" for key, value in stage.metrics.items())
         note = "; ".join(part for part in (stage.message, measured) if part)
-        lines.append(_row(stage.name, stage.state, seconds, note))
+        lines.append(markdown_row(stage.name, stage.state, seconds, note))
     if _STAGES_PLOT in plots:
         lines += ["", f"![seconds per stage]({_STAGES_PLOT})"]
     return "\n".join(lines)
 
 
 def _provenance(facts: ReportFacts) -> str:
-    rows = [_row("model", f"`{facts.model}`"), _row("plan", f"`{facts.plan_hash}`")]
+    rows = [markdown_row("model", f"`{facts.model}`"), markdown_row("plan", f"`{facts.plan_hash}`")]
     if facts.created_at:
-        rows.append(_row("published", facts.created_at))
+        rows.append(markdown_row("published", facts.created_at))
     checkpoint = facts.checkpoint
     if checkpoint is not None:
-        rows.append(_row("quantization", checkpoint.quant_algo or "none"))
+        rows.append(markdown_row("quantization", checkpoint.quant_algo or "none"))
         if checkpoint.kv_cache_quant_algo:
-            rows.append(_row("KV cache", checkpoint.kv_cache_quant_algo))
+            rows.append(markdown_row("KV cache", checkpoint.kv_cache_quant_algo))
         if checkpoint.calibration_digest:
-            rows.append(_row("calibration data", f"`{checkpoint.calibration_digest}`"))
+            rows.append(markdown_row("calibration data", f"`{checkpoint.calibration_digest}`"))
         tools = ", ".join(f"{name} {version}" for name, version in checkpoint.tools.items())
         if tools:
-            rows.append(_row("tools", tools))
+            rows.append(markdown_row("tools", tools))
     if facts.serving_runtime:
-        rows.append(_row("served by", facts.serving_runtime))
-    return "\n".join(["## Provenance", "", _row("", ""), _row("---", "---"), *rows])
+        rows.append(markdown_row("served by", facts.serving_runtime))
+    return "\n".join(["## Provenance", "", markdown_row("", ""), markdown_row("---", "---"), *rows])
 
 
-def _row(*cells: str) -> str:
+def markdown_row(*cells: str) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
@@ -322,32 +341,32 @@ def _draw_plots(facts: ReportFacts, directory: Path) -> set[str]:
     """The PNGs that say more than the tables: tasks with error bars, the ladder, stage time."""
     drawn = set()
     if facts.metrics.tasks:
-        _save(_tasks_figure(facts), directory / _TASKS_PLOT)
+        save_png(_tasks_figure(facts), directory / _TASKS_PLOT)
         drawn.add(_TASKS_PLOT)
     if any(a.degradation_percent is not None for a in facts.attempts):
-        _save(_ladder_figure(facts), directory / _LADDER_PLOT)
+        save_png(_ladder_figure(facts), directory / _LADDER_PLOT)
         drawn.add(_LADDER_PLOT)
     if any(s.seconds for s in facts.stages):
-        _save(_stages_figure(facts.stages), directory / _STAGES_PLOT)
+        save_png(_stages_figure(facts.stages), directory / _STAGES_PLOT)
         drawn.add(_STAGES_PLOT)
     return drawn
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     # A bare Figure on the Agg canvas: no pyplot state, safe in any thread, no display needed.
     from matplotlib.figure import Figure as AggFigure
 
     return AggFigure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _save(figure: Figure, path: Path) -> None:
+def save_png(figure: Figure, path: Path) -> None:
     # No creation time or version in the file: the same numbers give the same bytes.
     figure.savefig(path, format="png", metadata={"Software": None})
 
 
 def _tasks_figure(facts: ReportFacts) -> Figure:
     tasks = facts.metrics.tasks or []
-    figure = _figure(max(4.0, 1.6 * len(tasks) + 1.5), 3.2)
+    figure = new_figure(max(4.0, 1.6 * len(tasks) + 1.5), 3.2)
     axes = figure.subplots()
     positions = range(len(tasks))
     errors = [t.stderr or 0.0 for t in tasks]
@@ -379,7 +398,7 @@ def _tasks_figure(facts: ReportFacts) -> Figure:
 
 def _ladder_figure(facts: ReportFacts) -> Figure:
     attempts = [a for a in facts.attempts if a.degradation_percent is not None]
-    figure = _figure(max(4.0, 1.4 * len(attempts) + 2.0), 3.2)
+    figure = new_figure(max(4.0, 1.4 * len(attempts) + 2.0), 3.2)
     axes = figure.subplots()
     axes.bar(
         [a.techniques for a in attempts],
@@ -397,7 +416,7 @@ def _ladder_figure(facts: ReportFacts) -> Figure:
 
 def _stages_figure(stages: Sequence[StageResult]) -> Figure:
     timed = [s for s in stages if s.seconds]
-    figure = _figure(6.0, 0.35 * len(timed) + 1.2)
+    figure = new_figure(6.0, 0.35 * len(timed) + 1.2)
     axes = figure.subplots()
     axes.barh([s.name for s in timed], [s.seconds or 0.0 for s in timed], color="#1565c0")
     axes.invert_yaxis()

@@ -99,10 +99,13 @@ def test_serve_published_checks_every_protocol_and_the_checkpoint(
     print("\n".join(r.summary() for r in report.speed))
 
 
-def test_run_local_prints_a_plain_report(tiny_published, tmp_path: Path, monkeypatch) -> None:
+def test_run_local_prints_a_plain_report(
+    tiny_published, tiny_original: Path, tmp_path: Path, monkeypatch
+) -> None:
     from kiln_jobs import runner
 
-    manifest = _manifest(tiny_published)
+    speed_only = PerformancePlan(concurrency=(1,), requests=2, max_tokens=4, baseline=False)
+    manifest = _measured(_manifest(tiny_published), tiny_original, speed_only)
     result = runner.RunResult(
         manifest=manifest,
         published_uri=tiny_published.root.as_uri(),
@@ -121,6 +124,12 @@ def test_run_local_prints_a_plain_report(tiny_published, tmp_path: Path, monkeyp
     assert f"openai       {report.serve.openai_url}" in text
     assert "triton stopped" in text
     assert (tmp_path / "tritonserver.log").is_file()
+    # What serving measured is in its own report beside the run's.
+    (level,) = report.serve.performance
+    assert f"performance  {level.summary()}" in text and not report.serve.baseline_performance
+    serving = tmp_path / "report" / "serving.md"
+    assert report.serving_report == serving and f"serving      report {serving}" in text
+    assert "| 1 | " in serving.read_text() and (tmp_path / "report" / "serving.png").is_file()
 
 
 def test_no_serve(tiny_published, tmp_path: Path, monkeypatch) -> None:
