@@ -21,7 +21,6 @@ from kiln_jobs.manifest import Manifest
 from kiln_jobs.plan import (
     DataRef,
     PTQPlan,
-    QADPlan,
     QATPlan,
     TrainingPlan,
 )
@@ -30,21 +29,17 @@ from tests.integration.jobs.smollm2 import CALIBRATION, GATE_PERCENT, smollm2_pl
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TRAINING = TrainingPlan(
+# QAT on int8_sq, 8 steps, measured on the default, AVX2 and AVX-512 kernels, 1 and 2 threads: a
+# learning rate of 2e-5 left +3.8-4.5%, too near the gate to hold on every CPU; 4e-5 leaves
+# +1.3-2.0%. QAD is compared with QAT in bench.qad_vs_qat (it loses on this evaluation text, which
+# is the kind QAT trains on, and wins on other text), and its mechanics are unit-tested.
+QAT_TRAINING = TrainingPlan(
     steps=8,
-    learning_rate=2e-5,
+    learning_rate=4e-5,
     batch_size=1,
     data=DataRef(samples=8, seq_length=256),
     checkpoint_every=8,
 )
-# Learning rates measured on int8_sq, 8 steps, default, AVX2 and AVX-512 kernels, 1 and 2 threads:
-# QAD at temperature 1 recovers most at 2e-5 (+21.5-22.8% alone -> +15.5-17.7%; 1e-5 and 4e-5
-# recover less; temperature 2, the default, only to +20.5% in 8 steps); QAT at 2e-5 left
-# +3.8-4.5%, too near the gate to hold on every CPU, and +1.3-2.0% at 4e-5. QAT wins here because
-# it trains on licence text like the evaluation text; bench.qad_vs_qat shows QAD ahead on other
-# text and closer to the original model.
-QAD = QADPlan(training=TRAINING, temperature=1.0)
-QAT_TRAINING = TRAINING.model_copy(update={"learning_rate": 4e-5})
 
 
 def _report(name: str, manifest: Manifest, seconds: float) -> None:
@@ -60,20 +55,16 @@ def _report(name: str, manifest: Manifest, seconds: float) -> None:
 
 
 @pytest.mark.numerics
-def test_int8_sq_fails_the_gate_and_escalation_shows_qad_and_qat_recovering(
-    tmp_path: Path,
-) -> None:
+def test_int8_sq_fails_the_gate_and_escalation_to_qat_recovers(tmp_path: Path) -> None:
     ptq = PTQPlan(format="int8_sq", calibration=CALIBRATION)
-    escalation = ((ptq, QAD), (ptq, QATPlan(training=QAT_TRAINING)))
+    escalation = ((ptq, QATPlan(training=QAT_TRAINING)),)
     plan = smollm2_plan(tmp_path / "store", (ptq,), escalation)
     began = time.monotonic()
     result = run_plan(plan, tmp_path / "work")
     _report("int8_sq escalation", result.manifest, time.monotonic() - began)
-    alone, qad, qat = result.manifest.attempts
+    alone, qat = result.manifest.attempts
     assert (alone.techniques, alone.passed) == ("ptq(int8_sq)", False)
     assert alone.degradation_percent > GATE_PERCENT
-    assert qad.techniques == "ptq(int8_sq)+qad"
-    assert qad.degradation_percent < alone.degradation_percent
     assert (qat.techniques, qat.passed) == ("ptq(int8_sq)+qat", True)
     assert qat.degradation_percent < alone.degradation_percent
     assert result.manifest.checkpoint.quant_algo == "W8A8_SQ_PER_CHANNEL"
