@@ -33,6 +33,7 @@ __all__ = [
     "BELOW_MIN_RECOVERY",
     "attempt_stacks",
     "degradation_percent",
+    "exceeds",
     "failure",
     "failure_message",
     "improvement",
@@ -61,6 +62,11 @@ def passes(evaluation: EvaluationPlan, degradation: float) -> bool:
     return limit is None or degradation <= limit
 
 
+def exceeds(value: float, limit: float) -> bool:
+    """`value > limit`, forgiving binary rounding: a drop equal to its limit passes."""
+    return value > limit + _TOLERANCE
+
+
 def improvement(baseline: float, optimized: float, higher_is_better: bool = True) -> float:
     """How much better the optimized score is, in the metric's units (negative: a loss)."""
     return optimized - baseline if higher_is_better else baseline - optimized
@@ -82,7 +88,7 @@ def judge_task(task: TaskPlan, baseline: TaskScore, optimized: TaskScore) -> Tas
     gain = improvement(baseline.score, optimized.score, higher)
     reason = _threshold_reason(task, baseline.score, optimized.score, higher)
     # Without a standard error any improvement is beyond it.
-    if reason is None and gain > (stderr or 0.0) + _TOLERANCE:
+    if reason is None and exceeds(gain, stderr or 0.0):
         reason = ANOMALOUS_IMPROVEMENT
     blocks = reason is not None and task.gated()
     if reason == ANOMALOUS_IMPROVEMENT and task.allow_improvement:
@@ -107,8 +113,8 @@ def _threshold_reason(
         and recovery(baseline, optimized, higher) < task.min_recovery - _TOLERANCE
     ):
         return BELOW_MIN_RECOVERY
-    if task.max_drop is not None and -improvement(baseline, optimized, higher) > (
-        task.max_drop + _TOLERANCE
+    if task.max_drop is not None and exceeds(
+        -improvement(baseline, optimized, higher), task.max_drop
     ):
         return ABOVE_MAX_DROP
     return None

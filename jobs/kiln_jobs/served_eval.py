@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln_jobs import gate
 from kiln_jobs.errors import ServingRegression, UserError
 from kiln_jobs.manifest import Manifest, TaskResult
 from kiln_jobs.plan import ServedEvaluationPlan
@@ -106,16 +107,14 @@ def judge_served(
     in_process: TaskResult, served: TaskScore, plan: ServedEvaluationPlan
 ) -> ServedTaskResult:
     """Compare the served score with the in-process one, in the metric's direction."""
-    shortfall = in_process.optimized - served.score
-    if not served.higher_is_better:
-        shortfall = -shortfall
+    gain = gate.improvement(in_process.optimized, served.score, served.higher_is_better)
     return ServedTaskResult(
         name=in_process.name,
         metric=in_process.metric,
         in_process=in_process.optimized,
         served=served.score,
         samples=served.samples,
-        passed=shortfall <= plan.max_drop + 1e-9,
+        passed=not gate.exceeds(-gain, plan.max_drop),
     )
 
 
