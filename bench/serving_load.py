@@ -1,21 +1,24 @@
-"""Benchmark: Kiln-served SmolLM2 under concurrent load.
+"""Benchmark: Kiln-served SmolLM2 under concurrent load, measured as the speed gate measures it.
 
 Starts `kiln run -f <file> --workdir <dir> --keep-serving` (FP8 PTQ of SmolLM2 on CPU, a real
-tritonserver from the nvidia-pytriton wheel, the OpenAI-compatible endpoint beside it). The plan
-is published into `<dir>/artifacts`, so a second run with the same workdir reuses it and only
-starts the server. Then `bench.loadgen` drives each endpoint at each concurrency level with a
-fixed prompt and `--max-tokens` new tokens, non-streaming, and records requests/s, tokens/s and
-p50/p95 latency per level, and the highest level's throughput over the lowest's (does batching
-pay?). kiln, Triton and its backend processes are stopped at the end, also on failure, Ctrl-C
-or SIGTERM.
+tritonserver from the nvidia-pytriton wheel). The plan is published into `<dir>/artifacts`, so a
+second run with the same workdir reuses it and only starts the server. Then the product's own
+load test (`kiln_jobs.serving.loadtest`, what `evaluation.performance` and the speed gate run)
+drives Triton's HTTP generate endpoint at each concurrency level: a closed loop of streamed
+requests with a fixed prompt and `--max-tokens` new tokens. Per level it records requests/s,
+output tokens/s, time to first token, inter-token latency and end-to-end latency, and the
+highest level's throughput over the lowest's (does batching pay?). The OpenAI-compatible
+endpoint is not measured: it translates each request onto the same Triton endpoint, and the
+load test speaks only Triton's. kiln, Triton and its backend processes are stopped at the end,
+also on failure, Ctrl-C or SIGTERM.
 
     .venv/bin/python -m bench.serving_load [-f examples/quickstart.yaml] \\
         [--concurrency 1 4 16] [--requests 32] [--per-worker 4] [--max-tokens 16] \\
-        [--endpoints triton openai] [--workdir kiln-runs/bench-serving-load] [--out bench/results]
+        [--workdir kiln-runs/bench-serving-load] [--out bench/results]
 
 Each level sends max(--requests, --per-worker x concurrency) requests. Writes
-`<out>/serving-load-<UTC timestamp>.json`, `.md` and `.png` (throughput and p95 latency against
-concurrency).
+`<out>/serving-load-<UTC timestamp>.json`, `.md` and `.png` (throughput, time to first token and
+end-to-end latency against concurrency).
 """
 
 from __future__ import annotations
@@ -30,16 +33,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from bench.loadgen import LevelResult, Target, openai_completion, run_levels, triton_generate
+from kiln_jobs.serving.loadtest import LevelStats, measure
 
 PROMPT = "The GNU General Public License is"
-ENDPOINTS = ("triton", "openai")
 # What `kiln run --keep-serving` prints once it serves (kiln_jobs.local).
 _TRITON_LINE = re.compile(r"^triton: http://(?P<http>\S+) \(gRPC (?P<grpc>\S+)\)")
 _OPENAI_LINE = re.compile(r"^openai: (?P<url>\S+)")
@@ -178,49 +181,43 @@ def parse_served(log: str) -> Served | None:
     return served if served.model and served.http_url else None
 
 
-def _targets(served: Served, endpoints: list[str], prompt: str, max_tokens: int) -> list[Target]:
-    makers = {
-        "triton": (triton_generate, served.http_url),
-        "openai": (openai_completion, served.openai_url),
-    }
-    return [
-        makers[name][0](makers[name][1], served.model, prompt, max_tokens=max_tokens)
-        for name in endpoints
-    ]
-
-
 def _levels(args: argparse.Namespace) -> dict[int, int]:
     return {c: max(args.requests, args.per_worker * c) for c in args.concurrency}
 
 
-def drive(targets: list[Target], args: argparse.Namespace) -> list[LevelResult]:
-    """Warm each endpoint up (untimed), then run every level against it."""
-    results = []
-    for target in targets:
-        warm = run_levels(target, {1: args.warmup}) if args.warmup else []
-        if warm and warm[0].failed:
-            raise RuntimeError(f"{target.name}: warm-up failed: {warm[0].first_error}")
-        for level in run_levels(target, _levels(args), timeout=args.request_timeout):
-            print(f"{level.target} c={level.concurrency}: {level.requests_per_second:.2f} req/s, "
-                  f"{level.tokens_per_second:.1f} tok/s, p50 {level.p50_seconds}s, "
-                  f"p95 {level.p95_seconds}s, failed {level.failed}", flush=True)  # fmt: skip
-            results.append(level)
-    return results
+def drive(served: Served, args: argparse.Namespace) -> list[LevelStats]:
+    """Warm the endpoint up (untimed), then run every level against it."""
+
+    def run(concurrency: int, requests: int) -> LevelStats:
+        # One level per call: the load test sends the same request count at every level, the
+        # benchmark scales it with concurrency.
+        [level] = measure(
+            served.http_url, served.model, args.prompt, levels=[concurrency],
+            requests=requests, max_tokens=args.max_tokens, timeout=args.request_timeout,
+        )  # fmt: skip
+        return level
+
+    if args.warmup:
+        run(1, args.warmup)
+    levels = []
+    for concurrency, requests in _levels(args).items():
+        levels.append(run(concurrency, requests))
+        print(levels[-1].summary(), flush=True)
+    return levels
 
 
-def scaling(levels: list[LevelResult]) -> dict[str, dict[str, Any]]:
-    """Per endpoint: throughput at the highest concurrency over throughput at the lowest."""
-    out = {}
-    for name in dict.fromkeys(level.target for level in levels):
-        mine = sorted((lv for lv in levels if lv.target == name), key=lambda lv: lv.concurrency)
-        low, high = mine[0], mine[-1]
-        out[name] = {
-            "from_concurrency": low.concurrency,
-            "to_concurrency": high.concurrency,
-            "requests_per_second_ratio": _ratio(high.requests_per_second, low.requests_per_second),
-            "tokens_per_second_ratio": _ratio(high.tokens_per_second, low.tokens_per_second),
-        }
-    return out
+def scaling(levels: Sequence[LevelStats]) -> dict[str, Any]:
+    """Throughput at the highest concurrency over throughput at the lowest."""
+    ordered = sorted(levels, key=lambda level: level.concurrency)
+    low, high = ordered[0], ordered[-1]
+    return {
+        "from_concurrency": low.concurrency,
+        "to_concurrency": high.concurrency,
+        "requests_per_second_ratio": _ratio(high.requests_per_second, low.requests_per_second),
+        "tokens_per_second_ratio": _ratio(
+            high.output_tokens_per_second, low.output_tokens_per_second
+        ),
+    }
 
 
 def _ratio(high: float, low: float) -> float | None:
@@ -239,33 +236,36 @@ def _served_batch_size(publish_dir: str) -> Any:
 
 
 def _markdown(result: dict[str, Any]) -> str:
-    machine, served = result["machine"], result["served"]
+    machine, served, ratio = result["machine"], result["served"], result["scaling"]
     lines = [
         f"SmolLM2-135M FP8 served by `kiln run` (runtime {served['runtime']}, model "
         f"'{served['model']}') on "
         f"{machine['cpus']} CPUs (load {machine['load']} at start, {machine['load_after']} at "
         f"end), {machine['date']}",
         "",
-        f"Prompt {result['prompt']!r}, {result['max_tokens']} new tokens, non-streaming, "
-        f"closed loop; model.yaml max_batch_size {result['server_max_batch_size']}; kiln run ready "
-        f"in {served['startup_seconds']} s ({'reused plan' if served['reused'] else 'cold'}).",
+        f"Triton's HTTP generate endpoint, driven by `kiln_jobs.serving.loadtest`: prompt "
+        f"{result['prompt']!r}, {result['max_tokens']} new tokens, streamed, closed loop; "
+        f"model.yaml max_batch_size {result['server_max_batch_size']}; kiln run ready in "
+        f"{served['startup_seconds']} s ({'reused plan' if served['reused'] else 'cold'}).",
         "",
-        "| endpoint | concurrency | requests | failed | req/s | tokens/s | p50 s | p95 s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| concurrency | requests | req/s | output tokens/s | TTFT p50 / p95 s | ITL p50 ms "
+        "| latency p50 / p95 s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for lv in result["levels"]:
+        itl = f"{lv['itl_p50'] * 1000:.1f}" if lv["itl_p50"] is not None else "n/a"
         lines.append(
-            f"| {lv['target']} | {lv['concurrency']} | {lv['requests']} | {lv['failed']} | "
-            f"{lv['requests_per_second']:.2f} | {lv['tokens_per_second']:.1f} | "
-            f"{lv['p50_seconds']} | {lv['p95_seconds']} |"
+            f"| {lv['concurrency']} | {lv['requests']} | {lv['requests_per_second']:.2f} | "
+            f"{lv['output_tokens_per_second']:.1f} | "
+            f"{lv['ttft_p50']:.3f} / {lv['ttft_p95']:.3f} | {itl} | "
+            f"{lv['latency_p50']:.3f} / {lv['latency_p95']:.3f} |"
         )
-    lines.append("")
-    for name, ratio in result["scaling"].items():
-        lines.append(
-            f"- {name}: throughput at concurrency {ratio['to_concurrency']} is "
-            f"{ratio['requests_per_second_ratio']}x that at {ratio['from_concurrency']} "
-            f"(tokens/s {ratio['tokens_per_second_ratio']}x)"
-        )
+    lines += [
+        "",
+        f"Throughput at concurrency {ratio['to_concurrency']} is "
+        f"{ratio['requests_per_second_ratio']}x that at {ratio['from_concurrency']} "
+        f"(output tokens/s {ratio['tokens_per_second_ratio']}x).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -276,21 +276,21 @@ def _plot(levels: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (throughput, latency) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in dict.fromkeys(lv["target"] for lv in levels):
-        mine = [lv for lv in levels if lv["target"] == name]
-        xs = [lv["concurrency"] for lv in mine]
-        throughput.plot(xs, [lv["tokens_per_second"] for lv in mine], marker="o", label=name)
-        latency.plot(xs, [lv["p95_seconds"] or 0 for lv in mine], marker="o", label=name)
-    levels_run = sorted({lv["concurrency"] for lv in levels})
-    for ax, label in ((throughput, "generated tokens/s"), (latency, "p95 latency (s)")):
+    xs = [lv["concurrency"] for lv in levels]
+    throughput.plot(xs, [lv["output_tokens_per_second"] for lv in levels], marker="o",
+                    label="output tokens/s")  # fmt: skip
+    for key, label in (("ttft_p50", "TTFT p50"), ("ttft_p95", "TTFT p95"),
+                       ("latency_p95", "end-to-end p95")):  # fmt: skip
+        latency.plot(xs, [lv[key] for lv in levels], marker="o", label=label)
+    for ax, label in ((throughput, "output tokens/s"), (latency, "seconds")):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(levels_run, [str(c) for c in levels_run])
+        ax.set_xticks(xs, [str(c) for c in xs])
         ax.set_ylim(bottom=0)  # a flat line must look flat
         ax.set_xlabel("concurrent requests")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle("SmolLM2-135M FP8 on Kiln's CPU runtime: load against concurrency")
+    fig.suptitle("SmolLM2-135M FP8 on Kiln's CPU runtime, Triton generate (streamed)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -314,8 +314,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--per-worker", type=int, default=4, help="requests per worker, at least")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--prompt", default=PROMPT)
-    parser.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=ENDPOINTS)
-    parser.add_argument("--warmup", type=int, default=2, help="untimed requests per endpoint")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed requests first")
     parser.add_argument("--request-timeout", type=float, default=600.0)
     parser.add_argument("--start-timeout", type=float, default=1800.0, help="for kiln run")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -343,8 +342,7 @@ def bench(args: argparse.Namespace) -> int:
     print(f"starting kiln run (log {workdir / 'bench-kiln-run.log'}) ...", flush=True)
     with KilnServing(args.file, workdir, args.store, args.start_timeout) as served:
         print(f"serving: {served}", flush=True)
-        targets = _targets(served, args.endpoints, args.prompt, args.max_tokens)
-        levels = drive(targets, args)
+        levels = drive(served, args)
     machine["load_after"] = round(os.getloadavg()[0], 2)
     result = {
         "machine": machine,
@@ -352,7 +350,7 @@ def bench(args: argparse.Namespace) -> int:
         "server_max_batch_size": _served_batch_size(served.publish_dir),
         "prompt": args.prompt,
         "max_tokens": args.max_tokens,
-        "levels": [level.as_dict() for level in levels],
+        "levels": [asdict(level) for level in levels],
         "scaling": scaling(levels),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,9 @@ workers (threads) each stream one request over the serving contract (Kiln's clie
 HTTP generate endpoint), wait for the last token, and send the next, until the level's requests
 are spent. Every request has the same prompt and asks for `max_tokens` new tokens, greedy. Per
 request: time to first token (TTFT, when the first streamed response arrives) and inter-token
-latency (ITL, the rest of the request's time over its remaining tokens). Per level: the
-percentiles of those, and output tokens per second over the level's wall time (all workers'
-tokens together, so it shows whether the server batches concurrent requests).
+latency (ITL, the rest of the request's time over its remaining tokens), and its end-to-end
+latency. Per level: the percentiles of those, and output tokens per second over the level's wall
+time (all workers' tokens together, so it shows whether the server batches concurrent requests).
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class LevelStats:
     itl_p50: float | None
     output_tokens_per_second: float
     requests_per_second: float
+    # End-to-end request time; None where a level is built from figures that lack it.
+    latency_p50: float | None = None
+    latency_p95: float | None = None
 
     def summary(self) -> str:
         """`c=4: TTFT p50 0.210 s (p95 0.380 s), ITL p50 48.2 ms, 61.5 tok/s, 2.0 req/s`."""
@@ -76,6 +79,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 def level_stats(concurrency: int, timings: Sequence[RequestTiming], seconds: float) -> LevelStats:
     """A level's numbers from its requests and its wall time."""
     ttft = [t.first_token_seconds for t in timings]
+    latency = [t.seconds for t in timings]
     itl = [x for t in timings if (x := t.inter_token_seconds) is not None]
     return LevelStats(
         concurrency=concurrency,
@@ -86,6 +90,8 @@ def level_stats(concurrency: int, timings: Sequence[RequestTiming], seconds: flo
         itl_p50=percentile(itl, 50) if itl else None,
         output_tokens_per_second=sum(t.output_tokens for t in timings) / seconds,
         requests_per_second=len(timings) / seconds,
+        latency_p50=percentile(latency, 50),
+        latency_p95=percentile(latency, 95),
     )
 
 

@@ -29,6 +29,7 @@ def test_a_level_counts_every_workers_tokens_over_its_wall_time() -> None:
     assert (level.concurrency, level.requests) == (2, 3)
     assert level.ttft_p50 == pytest.approx(0.3) and level.ttft_p95 == pytest.approx(0.39)
     assert level.itl_p50 == pytest.approx(0.1)
+    assert level.latency_p50 == pytest.approx(1.7) and level.latency_p95 == pytest.approx(1.88)
     assert level.output_tokens_per_second == pytest.approx(16.5)
     assert level.requests_per_second == pytest.approx(1.5)
     assert level.summary() == (
