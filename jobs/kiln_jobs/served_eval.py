@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kiln_jobs import gate
 from kiln_jobs.errors import ServingRegression, UserError
@@ -29,8 +28,6 @@ from kiln_jobs.tasks import (
     TaskScore,
     evaluate,
     prepare,
-    quiet_lm_eval,
-    working_directory,
 )
 
 __all__ = [
@@ -90,7 +87,7 @@ def evaluate_served(
     results = []
     for task in prepare(plan.tasks, cache_dir):
         measured = in_process[task.plan.name]
-        if output_type(task) != GENERATIVE:
+        if task.output_type != GENERATIVE:
             results.append(_skipped(measured))
             continue
         served = _score(task, base_url, manifest.plan.serving.model_name, tokenizer_dir)
@@ -126,19 +123,6 @@ def regression(results: list[ServedTaskResult], plan: ServedEvaluationPlan) -> S
         f"(evaluation.served.maxDrop): {failed}; check the runtime's precision settings "
         "(KV cache, engine dtype) or rerun the evaluation with more samples"
     )
-
-
-def output_type(task: PreparedTask) -> str:
-    """lm-eval's output type of the task (a group reports its first task's)."""
-    with working_directory(task.directory), quiet_lm_eval():
-        loaded = task.manager.load([task.plan.name])
-    return str(_first_task(loaded).OUTPUT_TYPE)
-
-
-def _first_task(loaded: Any) -> Any:
-    while isinstance(loaded, dict):
-        loaded = next(iter(loaded.values()))
-    return loaded
 
 
 def _skipped(measured: TaskResult) -> ServedTaskResult:

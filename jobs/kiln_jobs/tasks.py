@@ -74,6 +74,9 @@ class PreparedTask:
     plan: TaskPlan
     directory: Path | None
     manager: Any  # lm_eval.tasks.TaskManager, indexed once and reused for every model
+    # lm-eval's OUTPUT_TYPE (a group's: its first task's), e.g. generate_until; read when the
+    # task is built in `prepare`, since building it again costs a read of its data.
+    output_type: str
 
 
 def prepare(tasks: tuple[TaskPlan, ...], cache_dir: Path) -> list[PreparedTask]:
@@ -110,8 +113,7 @@ def prepare(tasks: tuple[TaskPlan, ...], cache_dir: Path) -> list[PreparedTask]:
                 f"evaluation.tasks[{index}].name: {task.name!r} is not a task in {where}: "
                 "name the task as its YAML does (task: ...)"
             )
-        prepared.append(PreparedTask(task, directory, manager))
-        _check_data(prepared[-1], index)
+        prepared.append(_load(task, directory, manager, index))
     return prepared
 
 
@@ -205,23 +207,30 @@ def evaluate(lm: Any, task: PreparedTask) -> TaskScore:
     return read_score(results, task.plan)
 
 
-def _check_data(task: PreparedTask, index: int) -> None:
+def _load(task: TaskPlan, directory: Path | None, manager: Any, index: int) -> PreparedTask:
     """Build the task once, which reads (or downloads) its data."""
     try:
-        with working_directory(task.directory), quiet_lm_eval():
-            task.manager.load([task.plan.name])
+        with working_directory(directory), quiet_lm_eval():
+            loaded = manager.load([task.name])
     except Exception as err:
         where = (
-            f"check the paths in its YAML, relative to {task.plan.source}"
-            if task.plan.source
+            f"check the paths in its YAML, relative to {task.source}"
+            if task.source
             else "a task lm-eval ships reads its data from the Hugging Face Hub or its cache "
             "(HF_HOME); give it a source for an air-gapped cluster"
         )
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise SourceNotFound(
-            f"evaluation.tasks[{index}] ({task.plan.name}): its data cannot be read "
+            f"evaluation.tasks[{index}] ({task.name}): its data cannot be read "
             f"({first_line}): {where}"
         ) from err
+    return PreparedTask(task, directory, manager, str(_first_task(loaded).OUTPUT_TYPE))
+
+
+def _first_task(loaded: Any) -> Any:
+    while isinstance(loaded, dict):
+        loaded = next(iter(loaded.values()))
+    return loaded
 
 
 def _task_directory(source: str, field: str, cache_dir: Path) -> Path:

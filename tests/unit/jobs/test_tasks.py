@@ -14,7 +14,7 @@ from kiln_jobs.errors import AccuracyGateFailed, SourceNotFound, UserError
 from kiln_jobs.plan import DataRef, Plan, PTQPlan, QATPlan, TaskPlan, TrainingPlan
 from kiln_jobs.progress import ProgressLog
 from kiln_jobs.runner import Run
-from tests.unit.jobs.cloze_task import TASK_NAME, write_cloze_task
+from tests.unit.jobs.cloze_task import GENERATIVE_TASK_NAME, TASK_NAME, write_cloze_task
 from tests.unit.jobs.tiny import tiny_plan
 
 pytestmark = pytest.mark.unit
@@ -101,6 +101,19 @@ def test_prepare_checks_sources_and_names_before_any_model(tmp_path: Path) -> No
     empty = unknown.model_copy(update={"source": f"file://{tmp_path}/empty"})
     with pytest.raises(UserError, match=r"tasks\[0\].source: file://.*/empty holds no lm-eval"):
         tasks.prepare((empty,), tmp_path / "cache")
+
+
+def test_prepare_tells_how_each_task_is_scored(tmp_path: Path) -> None:
+    source = write_cloze_task(tmp_path / "task")
+    write_cloze_task(source, generative=True)
+    choice, generative = tasks.prepare(
+        tuple(
+            TaskPlan(name=name, source=f"file://{source}", limit=40)
+            for name in (TASK_NAME, GENERATIVE_TASK_NAME)
+        ),
+        tmp_path / "cache",
+    )
+    assert (choice.output_type, generative.output_type) == ("multiple_choice", "generate_until")
 
 
 def test_prepare_reads_the_data_and_names_what_is_missing(tmp_path: Path) -> None:
