@@ -443,6 +443,6 @@ def _escalation_ladder(
 
 def _default_rungs(spec: EvaluationSpec) -> tuple[str, ...]:
     """Every rung, but QAD only when a task gates: it cannot win on perplexity alone."""
-    if any(task.gated() for task in spec.tasks or []):
+    if spec.task_gated():
         return ESCALATION_RUNGS
     return tuple(rung for rung in ESCALATION_RUNGS if rung != "qad")

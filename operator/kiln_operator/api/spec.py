@@ -242,11 +242,13 @@ class EvaluationSpec(KilnModel):
         )
     )
 
+    def task_gated(self) -> bool:
+        """Whether a task's threshold (minRecovery or maxDrop) can fail the gate."""
+        return any(task.gated() for task in self.tasks or [])
+
     @model_validator(mode="after")
     def _escalate_needs_gate(self) -> EvaluationSpec:
-        gated = self.max_degradation_percent is not None or any(
-            task.gated() for task in self.tasks or []
-        )
+        gated = self.max_degradation_percent is not None or self.task_gated()
         if self.on_gate_failure == "escalate" and not gated:
             raise ValueError(_NO_GATE)
         return self
