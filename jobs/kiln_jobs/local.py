@@ -31,8 +31,16 @@ from kiln_jobs.serving_report import ServingFacts, write_serving_report
 
 if TYPE_CHECKING:
     from kiln_jobs.runner import RunResult
+    from kiln_jobs.serving.tritonserver import TritonServer
 
-__all__ = ["SMOKE_TOKENS", "LocalReport", "ServeReport", "run_local", "serve_published"]
+__all__ = [
+    "SMOKE_TOKENS",
+    "LocalReport",
+    "ServeReport",
+    "checkpoint_continuation",
+    "run_local",
+    "serve_published",
+]
 
 DEFAULT_PROMPT = "The GNU General Public License is"
 # Enough tokens for a sentence, few enough for a CPU to answer in seconds.
@@ -87,29 +95,6 @@ class LocalReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _checkpoint_continuation(publish_dir: Path, manifest: Manifest, prompt: str) -> str:
-    """The checkpoint's greedy continuation, computed in this process (the reference)."""
-    from transformers import AutoTokenizer
-
-    from kiln_jobs.serving.checkpoint import load_checkpoint
-    from kiln_jobs.serving.generation import SamplingParams, generate
-
-    checkpoint = publish_dir / manifest.checkpoint_dir
-    model = load_checkpoint(checkpoint)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    return generate(model, tokenizer, prompt, SamplingParams(max_tokens=SMOKE_TOKENS)).text
-
-
-def _serve_problem(runtime: str) -> str | None:
-    from kiln_jobs.serving.engine import llm_api_unavailable
-
-    if runtime == "tensorrtllm-engine":
-        return "the local tritonserver has no TensorRT-LLM backend; serve engines in the cluster"
-    if runtime == "tensorrtllm-pytorch":
-        return llm_api_unavailable()
-    return None
-
-
 def serve_published(
     manifest: Manifest,
     publish_dir: Path,
@@ -140,53 +125,26 @@ def serve_published(
         SpeedGateFailed: It is slower than `evaluation.performance.min_speedup` allows (idem).
         KilnJobError: The runtime cannot be served here, Triton failed, or a request failed.
     """
-    from kiln_jobs.serving.client import generate
     from kiln_jobs.serving.openai_api import OpenAIServer
     from kiln_jobs.serving.tritonserver import TritonServer
 
-    runtime = manifest.serving_runtime or "python"
-    problem = _serve_problem(runtime)
-    if problem is not None:
-        raise UserError(f"serve: runtime {runtime}: {problem}")
-    if manifest.triton_repository is None:
-        raise UserError("serve: the manifest names no Triton repository")
-    model = manifest.plan.serving.model_name
+    runtime, repository = _servable(manifest, publish_dir)
     work_dir = work_dir or publish_dir.parent / ".work"
     evaluation = manifest.plan.evaluation
-    report = ServeReport(runtime=runtime, model=model, prompt=prompt)
+    report = ServeReport(runtime=runtime, model=manifest.plan.serving.model_name, prompt=prompt)
     if evaluation.performance is not None and evaluation.performance.baseline:
         report.baseline_performance = _measure_original(
             manifest.plan, evaluation.performance, work_dir, log_path
         )
-    server = TritonServer(publish_dir / manifest.triton_repository, log_path=log_path)
-    with server:
-        report.http_url, report.grpc_url = server.http_url, server.grpc_url
-        report.metrics_url, report.log_path = server.metrics_url, str(server.log_path)
-        report.ready_seconds = server.ready_seconds or 0.0
-        http = generate(server.http_url, model, prompt, max_tokens=SMOKE_TOKENS)
-        grpc = generate(server.grpc_url, model, prompt, max_tokens=SMOKE_TOKENS, protocol="grpc")
-        streamed = generate(server.http_url, model, prompt, max_tokens=SMOKE_TOKENS, streaming=True)
-        report.text, report.output_tokens = http.text, http.output_tokens
-        report.http_seconds, report.grpc_seconds = http.seconds, grpc.seconds
-        report.stream_chunks = len(streamed.chunks)
-        report.protocols_agree = http.text == grpc.text == streamed.text
+    checkpoint = publish_dir / manifest.checkpoint_dir
+    with TritonServer(repository, log_path=log_path) as server:
+        _smoke_test(server, report)
         if runtime == "python":
-            reference = _checkpoint_continuation(publish_dir, manifest, prompt)
-            report.matches_checkpoint = reference == report.text
-        openai = OpenAIServer(
-            server.http_url, model, publish_dir / manifest.checkpoint_dir, port=0
-        ).start()
+            report.matches_checkpoint = checkpoint_continuation(checkpoint, prompt) == report.text
+        openai = OpenAIServer(server.http_url, report.model, checkpoint, port=0).start()
         try:
             report.openai_url = openai.url
-            report.served_tasks = served_eval.evaluate_served(
-                manifest, openai.url, publish_dir / manifest.checkpoint_dir, work_dir / "cache"
-            )
-            if (performance := evaluation.performance) is not None:
-                report.performance = _measure(server.http_url, model, performance)
-                if report.baseline_performance:
-                    report.speed = speed_gate.compare(
-                        report.baseline_performance, report.performance, performance
-                    )
+            _measure_served(manifest, checkpoint, work_dir, report)
             if on_ready is not None:
                 on_ready(report)
             _check_serving_gates(evaluation, report)
@@ -196,6 +154,72 @@ def serve_published(
             openai.stop()
     report.stopped = server.pid is None
     return report
+
+
+def _servable(manifest: Manifest, publish_dir: Path) -> tuple[str, Path]:
+    """The runtime and the Triton repository to serve, if this machine can serve them."""
+    runtime = manifest.serving_runtime or "python"
+    problem = _serve_problem(runtime)
+    if problem is not None:
+        raise UserError(f"serve: runtime {runtime}: {problem}")
+    if manifest.triton_repository is None:
+        raise UserError("serve: the manifest names no Triton repository")
+    return runtime, publish_dir / manifest.triton_repository
+
+
+def _serve_problem(runtime: str) -> str | None:
+    from kiln_jobs.serving.engine import llm_api_unavailable
+
+    if runtime == "tensorrtllm-engine":
+        return "the local tritonserver has no TensorRT-LLM backend; serve engines in the cluster"
+    if runtime == "tensorrtllm-pytorch":
+        return llm_api_unavailable()
+    return None
+
+
+def _smoke_test(server: TritonServer, report: ServeReport) -> None:
+    """The smoke prompt over HTTP, gRPC and as a stream, and whether all three say the same."""
+    from kiln_jobs.serving.client import generate
+
+    report.http_url, report.grpc_url = server.http_url, server.grpc_url
+    report.metrics_url, report.log_path = server.metrics_url, str(server.log_path)
+    report.ready_seconds = server.ready_seconds or 0.0
+    model, prompt = report.model, report.prompt
+    http = generate(server.http_url, model, prompt, max_tokens=SMOKE_TOKENS)
+    grpc = generate(server.grpc_url, model, prompt, max_tokens=SMOKE_TOKENS, protocol="grpc")
+    streamed = generate(server.http_url, model, prompt, max_tokens=SMOKE_TOKENS, streaming=True)
+    report.text, report.output_tokens = http.text, http.output_tokens
+    report.http_seconds, report.grpc_seconds = http.seconds, grpc.seconds
+    report.stream_chunks = len(streamed.chunks)
+    report.protocols_agree = http.text == grpc.text == streamed.text
+
+
+def checkpoint_continuation(checkpoint: Path, prompt: str, max_tokens: int = SMOKE_TOKENS) -> str:
+    """The checkpoint's greedy continuation, computed in this process: what any runtime serving
+    it must answer."""
+    from transformers import AutoTokenizer
+
+    from kiln_jobs.serving.checkpoint import load_checkpoint
+    from kiln_jobs.serving.generation import SamplingParams, generate
+
+    model = load_checkpoint(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    return generate(model, tokenizer, prompt, SamplingParams(max_tokens=max_tokens)).text
+
+
+def _measure_served(
+    manifest: Manifest, checkpoint: Path, work_dir: Path, report: ServeReport
+) -> None:
+    """Score the tasks on the served endpoint and measure its speed, as the Plan asks."""
+    report.served_tasks = served_eval.evaluate_served(
+        manifest, report.openai_url, checkpoint, work_dir / "cache"
+    )
+    if (performance := manifest.plan.evaluation.performance) is not None:
+        report.performance = _measure(report.http_url, report.model, performance)
+        if report.baseline_performance:
+            report.speed = speed_gate.compare(
+                report.baseline_performance, report.performance, performance
+            )
 
 
 def _measure(url: str, model: str, performance: PerformancePlan) -> list[LevelStats]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kiln_jobs.local import checkpoint_continuation
 from kiln_jobs.manifest import Manifest
 from kiln_jobs.serving.client import generate
 from kiln_jobs.serving.tritonserver import free_ports
@@ -45,18 +46,6 @@ OPTIMIZE_TIMEOUT = 40 * 60
 SERVE_TIMEOUT = 10 * 60
 CONCURRENT = 8
 MAX_TOKENS = 16
-
-
-def _checkpoint_continuation(checkpoint: Path, prompt: str) -> str:
-    from transformers import AutoTokenizer
-
-    from kiln_jobs.serving.checkpoint import load_checkpoint
-    from kiln_jobs.serving.generation import SamplingParams
-    from kiln_jobs.serving.generation import generate as generate_locally
-
-    model = load_checkpoint(checkpoint)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    return generate_locally(model, tokenizer, prompt, SamplingParams(max_tokens=MAX_TOKENS)).text
 
 
 def test_quickstart_from_kubectl_apply_to_a_served_model(
@@ -164,7 +153,7 @@ def test_quickstart_from_kubectl_apply_to_a_served_model(
 
         # Clients of both endpoints get the checkpoint's own greedy continuation.
         prompt = quickstart["spec"]["serving"]["smokeTest"]["prompt"]
-        expected = _checkpoint_continuation(published / "checkpoint", prompt)
+        expected = checkpoint_continuation(published / "checkpoint", prompt, MAX_TOKENS)
 
         def ask_triton(_: int) -> str:
             url = f"127.0.0.1:{http}"
