@@ -10,9 +10,9 @@ GPU node big enough for every pod), for each resource count N:
    (distinct recipes, so each gets its own plan and Job) and the same latency; then the time
    until every one is Ready (the test-only runner stand-in publishes each plan, kwok readies
    Triton), the operator's peak RSS, reconciles per resource (its metrics), the API requests it
-   made while converging and per minute while nothing changes (counted by a proxy in front of
-   the API server, not by the operator), and a cached re-apply: a new resource with an existing
-   recipe, which must be Ready with no Job.
+   made while converging and per minute while nothing changes (each controller runs as its own
+   ServiceAccount; the API server's audit log counts its requests, not the operator itself), and a
+   cached re-apply: a new resource with an existing recipe, which must be Ready with no Job.
 
     .venv/bin/python -m bench.operator_scale [--counts 100 500 2000] [--idle-seconds 60]
 
@@ -31,7 +31,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,12 +39,14 @@ from typing import Any
 from kubernetes import client, watch
 from tests.cluster.kube import REPO_ROOT, Cluster
 from tests.cluster.procs import free_port
-from tests.faults import FaultProxy, Rule
 from tests.integration.operator.harness import OperatorProcess, mopt
 from tests.integration.operator.runner_standin import RunnerStandIn
 
 OWNER_LABEL = "kiln.dev/model-optimization"
 GROUP, VERSION, PLURAL = "kiln.dev", "v1alpha1", "modeloptimizations"
+# Each controller runs as its own ServiceAccount in this namespace.
+IDENTITY_NAMESPACE = "bench"
+CONTROLLERS = ("kiln", "peer")
 
 
 @dataclass
@@ -69,6 +70,7 @@ class SideResult:
     mean_reconcile_ms: float | None = None
     cached_seconds_to_ready: float | None = None
     cached_new_jobs: int | None = None
+    profile: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -135,16 +137,59 @@ def _wait(what: str, done: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - started
 
 
-@contextmanager
-def counted_api(cluster: Cluster, workdir: Path) -> Iterator[tuple[Path, Rule]]:
-    """A kubeconfig through a proxy that counts every request the client makes."""
-    proxy = FaultProxy.for_kubeconfig(cluster.kubeconfig, workdir).start()
-    every = Rule("*", ".*", times=0)
-    proxy.add(every)
-    try:
-        yield proxy.kubeconfig(), every
-    finally:
-        proxy.stop()
+def _user(controller: str) -> str:
+    return f"system:serviceaccount:{IDENTITY_NAMESPACE}:{controller}"
+
+
+# The API server logs one event per answered request (a watch when it ends) of the controllers
+# under test, and nothing else: the bench's own requests and the cluster's are not counted.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [
+        {"level": "Metadata", "users": [_user(c) for c in CONTROLLERS]},
+        {"level": "None"},
+    ],
+}
+
+
+class AuditedRequests:
+    """The requests one controller made, counted in the API server's audit log."""
+
+    def __init__(self, audit_log: Path, controller: str) -> None:
+        self.audit_log, self.user = audit_log, _user(controller)
+        self._offset, self._hits = 0, 0
+
+    @property
+    def hits(self) -> int:
+        with self.audit_log.open("rb") as log:
+            log.seek(self._offset)
+            chunk = log.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            if json.loads(line).get("user", {}).get("username") == self.user:
+                self._hits += 1
+        return self._hits
+
+
+def controller_identities(cluster: Cluster, workdir: Path) -> dict[str, Path]:
+    """A ServiceAccount per controller (cluster-admin: both sides get the same rights), and a
+    kubeconfig with its token, so the audit log tells their requests apart."""
+    cluster.kubectl("create", "namespace", IDENTITY_NAMESPACE)
+    kubeconfigs = {}
+    for controller in CONTROLLERS:
+        cluster.kubectl("create", "serviceaccount", controller, "-n", IDENTITY_NAMESPACE)
+        cluster.kubectl(
+            "create", "clusterrolebinding", f"bench-{controller}", "--clusterrole=cluster-admin",
+            f"--serviceaccount={IDENTITY_NAMESPACE}:{controller}",
+        )  # fmt: skip
+        token = cluster.sa_token(IDENTITY_NAMESPACE, controller, expiration=12 * 3600)
+        kubeconfigs[controller] = cluster.kubeconfig_for_token(
+            token, workdir / f"{controller}.kubeconfig"
+        )
+    return kubeconfigs
 
 
 def _rss_mb(pid: int) -> float:
@@ -174,6 +219,57 @@ class PeakRss:
         self._stop.set()
         self._thread.join(2)
         return round(self.peak, 1)
+
+
+class Profile:
+    """py-spy sampling every thread of a running process into collapsed stacks (`--profile`)."""
+
+    def __init__(self, pid: int, path: Path) -> None:
+        self.path = path
+        self._proc = subprocess.Popen(
+            # --gil: the samples of the thread holding the GIL, i.e. Python at work.
+            [str(REPO_ROOT / ".venv/bin/py-spy"), "record", "--pid", str(pid), "--rate", "50",
+             "--gil", "--format", "raw", "--output", str(path), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sampling; the functions that held the CPU longest, inclusive and self."""
+        self._proc.send_signal(signal.SIGINT)
+        self._proc.wait(60)
+        return summarize_profile(self.path.read_text() if self.path.exists() else "")
+
+
+# Frames that are the process waiting, not working (idle threads sit in these).
+_IDLE_FRAMES = ("select (selectors.py", "wait (threading.py", "_worker (concurrent/futures")
+
+
+def summarize_profile(folded: str, top: int = 25) -> dict[str, Any]:
+    """Inclusive and self sample shares per function from py-spy's collapsed stacks, idle
+    stacks left out."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    busy = 0
+    for line in folded.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        frames = stack.split(";")
+        if not frames or any(frames[-1].startswith(idle) for idle in _IDLE_FRAMES):
+            continue
+        count = int(count_text)
+        busy += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def ranked(table: dict[str, int]) -> list[tuple[str, float]]:
+        best = sorted(table.items(), key=lambda item: -item[1])[:top]
+        return [(frame, round(100 * n / max(busy, 1), 1)) for frame, n in best]
+
+    return {
+        "busy_samples": busy,
+        "inclusive_percent": ranked(inclusive),
+        "self_percent": ranked(own),
+    }
 
 
 def _resources(count: int, namespace: str) -> list[dict[str, Any]]:
@@ -216,34 +312,34 @@ def _job_count(cluster: Cluster, namespace: str) -> int:
     return len(out.split())
 
 
-def run_peer(cluster: Cluster, count: int, workdir: Path) -> SideResult:
+def run_peer(cluster: Cluster, count: int, workdir: Path, kubeconfig: Path) -> SideResult:
     namespace = f"peer-{count}"
     cluster.kubectl("create", "namespace", namespace)
     result = SideResult("bare kopf peer", count)
-    with counted_api(cluster, workdir) as (kubeconfig, requests):
-        peer = subprocess.Popen(
-            ["setpriv", "--pdeathsig", "SIGKILL", "--",
-             str(REPO_ROOT / ".venv/bin/kopf"), "run", "--standalone", "--namespace", namespace,
-             str(REPO_ROOT / "bench/peers/bare_kopf.py")],
-            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-            stdout=(workdir / f"peer-{count}.log").open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        rss = PeakRss(peer.pid)
-        try:
-            time.sleep(3)  # kopf starts its watches
-            with Arrivals(cluster, namespace) as arrivals:
-                before = requests.hits
-                started = time.monotonic()
-                _create(cluster, _resources(count, namespace), arrivals)
-                _wait("every peer Job", lambda: len(arrivals.jobs) >= count, 1800)
-                result.seconds_to_all_jobs = round(time.monotonic() - started, 1)
-                result.api_requests_converging = requests.hits - before
-            _record_latencies(result, arrivals)
-        finally:
-            result.peak_rss_mb = rss.stop()
-            peer.terminate()
-            peer.wait(20)
+    requests = AuditedRequests(cluster.audit_log, "peer")
+    peer = subprocess.Popen(
+        ["setpriv", "--pdeathsig", "SIGKILL", "--",
+         str(REPO_ROOT / ".venv/bin/kopf"), "run", "--standalone", "--namespace", namespace,
+         str(REPO_ROOT / "bench/peers/bare_kopf.py")],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        stdout=(workdir / f"peer-{count}.log").open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    rss = PeakRss(peer.pid)
+    try:
+        time.sleep(3)  # kopf starts its watches
+        with Arrivals(cluster, namespace) as arrivals:
+            before = requests.hits
+            started = time.monotonic()
+            _create(cluster, _resources(count, namespace), arrivals)
+            _wait("every peer Job", lambda: len(arrivals.jobs) >= count, 1800)
+            result.seconds_to_all_jobs = round(time.monotonic() - started, 1)
+            result.api_requests_converging = requests.hits - before
+        _record_latencies(result, arrivals)
+    finally:
+        result.peak_rss_mb = rss.stop()
+        peer.terminate()
+        peer.wait(20)
     result.api_requests_per_resource = round(result.api_requests_converging / count, 2)
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
     return result
@@ -264,56 +360,73 @@ def _metric(text: str, name: str) -> float:
     )
 
 
-def run_kiln(cluster: Cluster, count: int, workdir: Path, idle_seconds: float) -> SideResult:
+def run_kiln(
+    cluster: Cluster,
+    count: int,
+    workdir: Path,
+    kubeconfig: Path,
+    idle_seconds: float,
+    profiled: bool = False,
+) -> SideResult:
     namespace = f"kiln-{count}"
     cluster.kubectl("create", "namespace", namespace)
     cluster.create_bound_pvc(namespace, "artifacts")
     result = SideResult("kiln", count)
     port = free_port()
-    with counted_api(cluster, workdir) as (kubeconfig, requests):
-        operator = OperatorProcess(
-            cluster, workdir, args=("--standalone",), metrics_port=str(port),
-            poll_seconds="10", namespaces=namespace,
-        )  # fmt: skip
-        operator.env["KUBECONFIG"] = str(kubeconfig)
-        operator.start()
-        assert operator.proc is not None
-        rss = PeakRss(operator.proc.pid)
-        try:
-            time.sleep(5)  # kopf starts its watches
-            bodies = _resources(count, namespace)
-            with Arrivals(cluster, namespace) as arrivals:
-                before = requests.hits
-                started = time.monotonic()
-                _create(cluster, bodies, arrivals)
-                _wait("every Kiln Job", lambda: len(arrivals.jobs) >= count, 3600)
-                result.seconds_to_all_jobs = round(time.monotonic() - started, 1)
-                _wait(
-                    "every resource Ready",
-                    lambda: len(_ready_names(cluster, namespace)) >= count,
-                    3600,
-                )
-                result.seconds_to_all_ready = round(time.monotonic() - started, 1)
-            _record_latencies(result, arrivals)
-            result.ready = len(_ready_names(cluster, namespace))
-            result.busy_seconds_after_ready = _quiet_after(requests)
-            result.api_requests_converging = requests.hits - before
-            result.api_requests_per_resource = round(result.api_requests_converging / count, 2)
-            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-            reconciles = _metric(metrics, "kiln_reconciles_total")
-            result.reconciles_per_resource = round(reconciles / count, 2)
-            seconds = _metric(metrics, "kiln_reconcile_seconds_sum")
-            result.mean_reconcile_ms = round(1000 * seconds / max(reconciles, 1.0), 1)
-            result.idle_api_requests_per_minute = _idle_requests(requests, idle_seconds)
-            _cached_reapply(cluster, namespace, bodies[0], result)
-        finally:
-            result.peak_rss_mb = rss.stop()
-            operator.stop()
+    requests = AuditedRequests(cluster.audit_log, "kiln")
+    operator = OperatorProcess(
+        cluster, workdir, args=("--standalone",), metrics_port=str(port),
+        poll_seconds="10", namespaces=namespace,
+    )  # fmt: skip
+    operator.env["KUBECONFIG"] = str(kubeconfig)
+    operator.start()
+    assert operator.proc is not None
+    rss = PeakRss(operator.proc.pid)
+    profile = (
+        Profile(operator.proc.pid, Path(tempfile.gettempdir()) / f"kiln-operator-{count}.folded")
+        if profiled
+        else None
+    )
+    try:
+        time.sleep(5)  # kopf starts its watches
+        bodies = _resources(count, namespace)
+        with Arrivals(cluster, namespace) as arrivals:
+            before = requests.hits
+            started = time.monotonic()
+            _create(cluster, bodies, arrivals)
+            _wait("every Kiln Job", lambda: len(arrivals.jobs) >= count, 3600)
+            result.seconds_to_all_jobs = round(time.monotonic() - started, 1)
+            _wait(
+                "every resource Ready",
+                lambda: len(_ready_names(cluster, namespace)) >= count,
+                3600,
+            )
+            result.seconds_to_all_ready = round(time.monotonic() - started, 1)
+        if profile is not None:
+            result.profile = profile.stop()
+            profile = None
+        _record_latencies(result, arrivals)
+        result.ready = len(_ready_names(cluster, namespace))
+        result.busy_seconds_after_ready = _quiet_after(requests)
+        result.api_requests_converging = requests.hits - before
+        result.api_requests_per_resource = round(result.api_requests_converging / count, 2)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        reconciles = _metric(metrics, "kiln_reconciles_total")
+        result.reconciles_per_resource = round(reconciles / count, 2)
+        seconds = _metric(metrics, "kiln_reconcile_seconds_sum")
+        result.mean_reconcile_ms = round(1000 * seconds / max(reconciles, 1.0), 1)
+        result.idle_api_requests_per_minute = _idle_requests(requests, idle_seconds)
+        _cached_reapply(cluster, namespace, bodies[0], result)
+    finally:
+        result.peak_rss_mb = rss.stop()
+        if profile is not None:
+            profile.stop()
+        operator.stop()
     cluster.kubectl("delete", "namespace", namespace, "--wait=false")
     return result
 
 
-def _quiet_after(requests: Rule, timeout: float = 600.0) -> float:
+def _quiet_after(requests: AuditedRequests, timeout: float = 600.0) -> float:
     """Seconds until the operator makes no request for 5 s: the events of the convergence
     are worked off (a watch shows the resources Ready before that)."""
     started = time.monotonic()
@@ -325,7 +438,7 @@ def _quiet_after(requests: Rule, timeout: float = 600.0) -> float:
     return round(timeout, 1)
 
 
-def _idle_requests(requests: Rule, seconds: float) -> float:
+def _idle_requests(requests: AuditedRequests, seconds: float) -> float:
     """Requests per minute while nothing changes (watches already open are not counted)."""
     before = requests.hits
     time.sleep(seconds)
@@ -368,6 +481,25 @@ def _table(results: list[SideResult]) -> str:
             f"{cached} |"
         )
     return header + "\n".join(rows) + "\n"
+
+
+def _profiles(results: list[SideResult], top: int = 15) -> str:
+    """Where the operator's busy CPU samples went, per resource count (with `--profile`)."""
+    text = ""
+    for r in results:
+        if not r.profile:
+            continue
+        text += (
+            f"\nKiln at {r.resources} resources, {r.profile['busy_samples']} busy samples "
+            "(py-spy, 50/s, every thread): share of busy samples\n\n"
+            "| function (inclusive) | % | function (self) | % |\n|---|---|---|---|\n"
+        )
+        pairs = zip(
+            r.profile["inclusive_percent"][:top], r.profile["self_percent"][:top], strict=False
+        )
+        for (inclusive, i_share), (own, o_share) in pairs:
+            text += f"| `{inclusive}` | {i_share} | `{own}` | {o_share} |\n"
+    return text
 
 
 def _ratios(results: list[SideResult]) -> dict[str, float | None]:
@@ -417,10 +549,16 @@ def main() -> int:
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 500, 2000])
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--no-peer", action="store_true", help="measure Kiln only")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the operator with py-spy until every resource is Ready (slows it down)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     results: list[SideResult] = []
-    with Cluster() as cluster, tempfile.TemporaryDirectory() as scratch:
+    with Cluster(audit_policy=AUDIT_POLICY) as cluster, tempfile.TemporaryDirectory() as scratch:
+        kubeconfigs = controller_identities(cluster, Path(scratch))
         # One GPU node that fits every pod: the subject is the controllers, not capacity.
         cluster.add_node(
             "gpu-bench", gpu="H100", gpus=100_000, pods="100000", cpu="100000", memory="1000Ti"
@@ -429,9 +567,18 @@ def main() -> int:
         try:
             for count in args.counts:
                 if not args.no_peer:
-                    results.append(run_peer(cluster, count, Path(scratch)))
+                    results.append(run_peer(cluster, count, Path(scratch), kubeconfigs["peer"]))
                     print(json.dumps(asdict(results[-1])), flush=True)
-                results.append(run_kiln(cluster, count, Path(scratch), args.idle_seconds))
+                results.append(
+                    run_kiln(
+                        cluster,
+                        count,
+                        Path(scratch),
+                        kubeconfigs["kiln"],
+                        args.idle_seconds,
+                        profiled=args.profile,
+                    )
+                )
                 print(json.dumps(asdict(results[-1])), flush=True)
         finally:
             standin.stop()
@@ -449,6 +596,7 @@ def main() -> int:
         f"Operator vs bare kopf peer, {summary['date']}, {summary['cpus']} CPUs\n\n"
         + _table(results)
         + f"\nKiln p50 / peer p50: {summary['kiln_p50_over_peer_p50']}\n"
+        + _profiles(results)
     )
     _plot(results, base.with_suffix(".png"))
     print(base.with_suffix(".md").read_text())

@@ -169,6 +169,7 @@ class Cluster:
         executor: bool = True,
         base_tmp: Path | None = None,
         log: Callable[[str], None] | None = None,
+        audit_policy: dict[str, Any] | None = None,
     ) -> None:
         """Configure, without starting anything.
 
@@ -179,12 +180,15 @@ class Cluster:
             executor: Start the local executor for ``local-exec-*`` nodes.
             base_tmp: Parent of the run directory (system temp by default).
             log: Progress messages (to stderr by default).
+            audit_policy: An ``audit.k8s.io/v1`` Policy: the API server then writes an audit
+                log (JSON lines) to :attr:`audit_log`, e.g. to count a client's requests.
         """
         self._nodes = list(nodes)
         self._crds_dir = crds_dir
         self._with_executor = executor
         self._base_tmp = base_tmp
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._audit_policy = audit_policy
         self._sup: Supervisor | None = None
         self._kueue_started = False
         self._pki: Pki | None = None
@@ -192,6 +196,11 @@ class Cluster:
         self.kubeconfig = Path()
         self.server = ""
         self.run_dir = Path()
+
+    @property
+    def audit_log(self) -> Path:
+        """Where the API server writes its audit log (with ``audit_policy`` only)."""
+        return self.run_dir / "logs" / "audit.log"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -315,6 +324,7 @@ class Cluster:
             f"--kubelet-client-key={pki.clients['apiserver-kubelet-client'].key}",
             f"--kubelet-certificate-authority={pki.ca.cert}",
             "--kubelet-preferred-address-types=InternalIP",
+            *self._audit_flags(),
         ])  # fmt: skip
         ctx = self._admin_ssl(pki)
         _wait(
@@ -323,6 +333,16 @@ class Cluster:
             60,
             self._alive,
         )
+
+    def _audit_flags(self) -> list[str]:
+        if self._audit_policy is None:
+            return []
+        policy = self.run_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(self._audit_policy))
+        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        # Blocking mode: an event is in the file when its request has been answered.
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-mode=blocking"]  # fmt: skip
 
     def _write_kubeconfigs(self, pki: Pki) -> None:
         d = self.run_dir
