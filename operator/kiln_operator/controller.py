@@ -160,8 +160,7 @@ class Reconciler:
         if not isinstance(prepared, Prepared):
             return decide_invalid(body, prepared, now)
         key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
-        observed = self.api.observe(prepared, self.config)
-        observed.resync = resync
+        observed = self.api.observe(prepared, self.config, resync=resync)
         if observed.job is not None:
             self.clock.observe_job(key, view_job(observed.job, observed.job_pods).state)
         decision = decide(prepared, observed, self.config, now)

@@ -3,6 +3,10 @@
 Creation is idempotent by name (409 means it already exists); Deployments, Services and PDBs
 go through server-side apply, so re-applying the same desired object is a no-op and a changed
 spec patches exactly the fields Kiln owns. Jobs are never patched: Kueue owns `suspend`.
+
+Requests go out as plain JSON through the client's connection pool and come back as dicts: the
+decision reads dicts, and the client's typed models and dynamic wrappers cost more CPU than the
+rest of a reconcile (decoding every object into models, then back into dicts).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic import DynamicClient
 
 from kiln_operator.api import GROUP, PLURAL, VERSION
 from kiln_operator.builders.common import input_uris, split_store
@@ -39,14 +42,25 @@ __all__ = ["ChildRejected", "KubeApi", "load_kube_config", "merge_patched", "nam
 Obj = dict[str, Any]
 FIELD_MANAGER = "kiln-operator"
 _LOG_TAIL_LINES = 40
-_KINDS = {
-    "Job": ("batch/v1", "Job"),
-    "ConfigMap": ("v1", "ConfigMap"),
-    "Secret": ("v1", "Secret"),
-    "Deployment": ("apps/v1", "Deployment"),
-    "Service": ("v1", "Service"),
-    "PodDisruptionBudget": ("policy/v1", "PodDisruptionBudget"),
+# kind: (the API's path prefix, the resource's plural)
+_PATHS = {
+    "Job": ("/apis/batch/v1", "jobs"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Secret": ("/api/v1", "secrets"),
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Service": ("/api/v1", "services"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "Pod": ("/api/v1", "pods"),
+    "Event": ("/api/v1", "events"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+    "ModelOptimization": (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
+
+
+def _path(kind: str, namespace: str | None = None, name: str | None = None) -> str:
+    prefix, plural = _PATHS[kind]
+    path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+    return f"{path}/{name}" if name else path
 
 
 def load_kube_config() -> client.ApiClient:
@@ -124,47 +138,79 @@ class KubeApi:
         self.apps = client.AppsV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.authorization = client.AuthorizationV1Api(api_client)
-        self.dynamic = DynamicClient(api_client)
         self.log = logger or logging.getLogger("kiln.operator")
 
-    # --- the resource -----------------------------------------------------------------------
+    # --- requests -----------------------------------------------------------------------------
 
-    def get_resource(self, namespace: str, name: str) -> Obj | None:
-        """The ModelOptimization, fresh from the API server."""
-        try:
-            found = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.timeout
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Obj | None = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        """One API request, its JSON answer as a dict.
+
+        Raises:
+            ApiException: the API server answered with an error status.
+        """
+        _, url, headers, payload, _ = self.api_client.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(
+            method, url, header_params=headers, body=payload, _request_timeout=self.timeout
+        )
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(
+                http_resp=response, body=data.decode("utf-8", "replace"), data=None
             )
-            return cast(Obj, found)
+        return cast(Obj, json.loads(data)) if data else {}
+
+    def _get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return self.request("GET", _path(kind, namespace, name))
         except ApiException as error:
             if _missing(error):
                 return None
             raise
 
+    def _list(self, kind: str, namespace: str | None, **query: str) -> list[Obj]:
+        return list(self.request("GET", _path(kind, namespace), query=query).get("items") or [])
+
+    # --- the resource -----------------------------------------------------------------------
+
+    def get_resource(self, namespace: str, name: str) -> Obj | None:
+        """The ModelOptimization, fresh from the API server."""
+        return self._get("ModelOptimization", namespace, name)
+
     def list_resources(self) -> list[Obj]:
         """Every ModelOptimization the operator watches (a namespaced operator lists only its
         namespaces: it may read nothing else)."""
         if not self.namespaces:
-            listing = self.custom.list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, _request_timeout=self.timeout
-            )
-            return list(cast(Obj, listing).get("items", []))
-        items: list[Obj] = []
-        for namespace in self.namespaces:
-            listing = self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, _request_timeout=self.timeout
-            )
-            items += cast(Obj, listing).get("items", [])
-        return items
+            return self._list("ModelOptimization", None)
+        return [
+            item
+            for namespace in self.namespaces
+            for item in self._list("ModelOptimization", namespace)
+        ]
 
     # --- observing ----------------------------------------------------------------------------
 
-    def observe(self, prepared: Prepared, cfg: OperatorConfig) -> Observed:
-        """Everything `decide` needs about the resource's current plan."""
+    def observe(self, prepared: Prepared, cfg: OperatorConfig, *, resync: bool = False) -> Observed:
+        """Everything `decide` needs about the resource's current plan (`resync`: a periodic
+        look, which also checks what an event-driven one takes on trust)."""
         namespace = prepared.resource.metadata.namespace or "default"
         name = prepared.resource.metadata.name
         plan_hash = prepared.plan_hash
-        observed = Observed()
+        observed = Observed(resync=resync)
         observed.published = find_published(
             prepared.plan.output.store, plan_hash, cfg.store_mounts, namespace,
             prepared.plan.scope,
@@ -172,7 +218,7 @@ class KubeApi:
         # A resource Kiln never wrote a status for has made no children yet: its first
         # reconcile reads none (a child left by a failed first try answers its create with 409).
         if (prepared.body.get("status") or {}).get("planHash"):
-            self._observe_children(observed, prepared, namespace, name)
+            self._observe_children(observed, prepared, namespace, name, resync)
         if observed.published is None and observed.job is None:
             observed.missing_claims = self._missing_claims(namespace, prepared)
             if cfg.max_running_jobs:
@@ -180,7 +226,7 @@ class KubeApi:
         return observed
 
     def _observe_children(
-        self, observed: Observed, prepared: Prepared, namespace: str, name: str
+        self, observed: Observed, prepared: Prepared, namespace: str, name: str, resync: bool
     ) -> None:
         plan_hash = prepared.plan_hash
         observed.job = self._get("Job", namespace, job_name(name, plan_hash))
@@ -192,55 +238,45 @@ class KubeApi:
         observed.deployment = self._get("Deployment", namespace, deployment_name(name))
         if observed.deployment is not None:
             observed.serving_pods = self._pods(namespace, selector_labels(name, "serving"))
-        stale = f"{OWNER_LABEL}={name},{HASH_LABEL}!={short_hash(plan_hash)}"
-        observed.stale_jobs = self._names("Job", namespace, stale)
-        observed.stale_configmaps = self._names("ConfigMap", namespace, stale)
-
-    def _get(self, kind: str, namespace: str, name: str) -> Obj | None:
-        api_version, real_kind = _KINDS[kind]
-        resource = self.dynamic.resources.get(api_version=api_version, kind=real_kind)
-        try:
-            found = resource.get(name=name, namespace=namespace, _request_timeout=self.timeout)
-            return cast(Obj, found.to_dict())
-        except ApiException as error:
-            if _missing(error):
-                return None
-            raise
+        # The reconcile that records a new plan in status deletes the old plan's children
+        # before it writes status: once status names this plan, none are left but after a
+        # failure, which the periodic look catches.
+        recorded = (prepared.body.get("status") or {}).get("planHash")
+        if recorded != plan_hash or resync:
+            stale = f"{OWNER_LABEL}={name},{HASH_LABEL}!={short_hash(plan_hash)}"
+            observed.stale_jobs = self._names("Job", namespace, stale)
+            observed.stale_configmaps = self._names("ConfigMap", namespace, stale)
 
     def _names(self, kind: str, namespace: str, selector: str) -> list[str]:
-        api_version, real_kind = _KINDS[kind]
-        resource = self.dynamic.resources.get(api_version=api_version, kind=real_kind)
-        listing = resource.get(
-            namespace=namespace, label_selector=selector, _request_timeout=self.timeout
-        )
-        return [item["metadata"]["name"] for item in listing.to_dict().get("items", [])]
+        return [
+            item["metadata"]["name"] for item in self._list(kind, namespace, labelSelector=selector)
+        ]
 
     def _create_failure(self, namespace: str, job: Obj) -> str | None:
         """The message of the Job controller's latest FailedCreate Event for `job`."""
         uid = job["metadata"]["uid"]
-        events = self.core.list_namespaced_event(
-            namespace,
-            field_selector=f"involvedObject.uid={uid},reason=FailedCreate",
-            _request_timeout=self.timeout,
-        ).items
+        selector = f"involvedObject.uid={uid},reason=FailedCreate"
+        events = self._list("Event", namespace, fieldSelector=selector)
         if not events:
             return None
 
-        def when(event: Any) -> str:
-            stamp = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
-            return stamp.isoformat() if stamp else ""
+        def when(event: Obj) -> str:
+            # RFC 3339 stamps of one format: they sort as strings.
+            return str(
+                event.get("lastTimestamp")
+                or event.get("eventTime")
+                or event["metadata"].get("creationTimestamp")
+                or ""
+            )
 
-        return str(max(events, key=when).message or "").strip() or None
+        return str(max(events, key=when).get("message") or "").strip() or None
 
     def _job_pods(self, namespace: str, job: Obj) -> list[Obj]:
         return self._pods(namespace, {"controller-uid": job["metadata"]["uid"]})
 
     def _pods(self, namespace: str, labels: dict[str, str]) -> list[Obj]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        pods = self.core.list_namespaced_pod(
-            namespace, label_selector=selector, _request_timeout=self.timeout
-        )
-        return [self.api_client.sanitize_for_serialization(p) for p in pods.items]
+        return self._list("Pod", namespace, labelSelector=selector)
 
     def _progress(self, namespace: str, pods: list[Obj]):  # type: ignore[no-untyped-def]
         running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
@@ -264,31 +300,19 @@ class KubeApi:
         claims = sorted({split_store(u).root for u in uris if u.startswith("pvc://")})
         missing = []
         for claim in claims:
-            try:
-                self.core.read_namespaced_persistent_volume_claim(
-                    claim, namespace, _request_timeout=self.timeout
-                )
-            except ApiException as error:
-                if not _missing(error):
-                    raise
+            if self._get("PersistentVolumeClaim", namespace, claim) is None:
                 missing.append(claim)
         return missing
 
     def _running_jobs(self) -> int:
         selector = f"app.kubernetes.io/managed-by=kiln,{COMPONENT_LABEL}=optimize"
-        if self.namespaces:
-            jobs = [
-                job
-                for namespace in self.namespaces
-                for job in self.batch.list_namespaced_job(
-                    namespace, label_selector=selector, _request_timeout=self.timeout
-                ).items
-            ]
-        else:
-            jobs = self.batch.list_job_for_all_namespaces(
-                label_selector=selector, _request_timeout=self.timeout
-            ).items
-        return sum(1 for job in jobs if job.status and (job.status.active or 0) > 0)
+        namespaces: list[str | None] = list(self.namespaces) or [None]
+        jobs = [
+            job
+            for namespace in namespaces
+            for job in self._list("Job", namespace, labelSelector=selector)
+        ]
+        return sum(1 for job in jobs if ((job.get("status") or {}).get("active") or 0) > 0)
 
     # --- acting -------------------------------------------------------------------------------
 
@@ -317,34 +341,26 @@ class KubeApi:
 
     def _create(self, obj: Obj, namespace: str) -> None:
         kind = obj["kind"]
-        resource = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=kind)
         try:
-            resource.create(body=obj, namespace=namespace, _request_timeout=self.timeout)
+            self.request("POST", _path(kind, namespace), body=obj)
             self.log.info("created %s %s", kind, obj["metadata"]["name"])
         except ApiException as error:
             if error.status != 409:
                 raise
 
     def _apply(self, obj: Obj, namespace: str) -> None:
-        resource = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        resource.server_side_apply(
+        self.request(
+            "PATCH",
+            _path(obj["kind"], namespace, obj["metadata"]["name"]),
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
             body=obj,
-            name=obj["metadata"]["name"],
-            namespace=namespace,
-            field_manager=FIELD_MANAGER,
-            force_conflicts=True,
-            _request_timeout=self.timeout,
+            content_type="application/apply-patch+yaml",  # JSON is YAML
         )
 
     def _delete(self, kind: str, namespace: str, name: str) -> None:
-        api_version, real_kind = _KINDS[kind]
-        resource = self.dynamic.resources.get(api_version=api_version, kind=real_kind)
         try:
-            resource.delete(
-                name=name,
-                namespace=namespace,
-                body={"propagationPolicy": "Background"},
-                _request_timeout=self.timeout,
+            self.request(
+                "DELETE", _path(kind, namespace, name), body={"propagationPolicy": "Background"}
             )
             self.log.info("deleted %s %s", kind, name)
         except ApiException as error:
@@ -368,14 +384,12 @@ class KubeApi:
         previous = body.get("status") or {}
         if merge_patched(previous, status) == previous:
             return
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            body["metadata"]["namespace"],
-            PLURAL,
-            body["metadata"]["name"],
-            {"status": status},
-            _request_timeout=self.timeout,
+        meta = body["metadata"]
+        self.request(
+            "PATCH",
+            _path("ModelOptimization", meta["namespace"], meta["name"]) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
         )
 
     def post_event(self, body: Obj, event: Event) -> None:
@@ -403,9 +417,7 @@ class KubeApi:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(
-                meta["namespace"], cast(Any, manifest), _request_timeout=self.timeout
-            )
+            self.request("POST", _path("Event", meta["namespace"]), body=manifest)
         except ApiException as error:
             # A namespace being deleted refuses new Events (403); nobody will read them there.
             level = logging.DEBUG if error.status == 403 else logging.WARNING
