@@ -85,6 +85,8 @@ class Debouncer:
     several facts within a second; one reconcile then reads them all.
 
     One scheduler thread and a small pool run the actions, however many keys are waiting.
+    While `hold()` is true, due actions wait (up to `max_hold` seconds each): what holds them
+    has priority for the CPU.
     """
 
     def __init__(
@@ -93,8 +95,11 @@ class Debouncer:
         delay: float = 0.5,
         workers: int = 4,
         on_error: Callable[[str, BaseException], None] | None = None,
+        hold: Callable[[], bool] = lambda: False,
+        max_hold: float = 5.0,
     ) -> None:
         self._action, self._delay, self._on_error = action, delay, on_error
+        self._hold, self._max_hold = hold, max_hold
         self._due: list[tuple[float, str]] = []
         self._pending: set[str] = set()
         self._wake = threading.Condition()
@@ -115,8 +120,10 @@ class Debouncer:
                 while not self._due or self._due[0][0] > time.monotonic():
                     timeout = self._due[0][0] - time.monotonic() if self._due else None
                     self._wake.wait(timeout)
-                _, key = heapq.heappop(self._due)
+                due, key = heapq.heappop(self._due)
                 self._pending.discard(key)
+            while self._hold() and time.monotonic() - due < self._max_hold:
+                time.sleep(0.05)
             self._pool.submit(self._run, key)
 
     def _run(self, key: str) -> None:

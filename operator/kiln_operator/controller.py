@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import kopf
@@ -45,6 +47,11 @@ _RESYNC_READY_SECONDS = 300.0
 # log's progress, a claim or Secret appearing, a free Job slot) and are looked at every poll.
 _EVENT_DRIVEN_PHASES = ("Deploying",)
 _RESYNC_WAITING_SECONDS = 60.0
+_POLLED_PHASES = ("Pending", "Queued", "Optimizing")
+# Periodic looks at polled phases, across all resources: with more of them waiting than
+# poll_seconds x this, each is looked at less often, so background work stays bounded instead
+# of crowding out the reconciles that events ask for (a new resource's first among them).
+_POLLED_LOOKS_PER_SECOND = 5.0
 
 
 class Reconciler:
@@ -60,6 +67,9 @@ class Reconciler:
         self._waiting: set[str] = set()
         self._guard = threading.Lock()
         self._last_done: dict[str, float] = {}
+        # Reconciles under way of resources that have no plan recorded yet (their Job comes
+        # out of this reconcile): follow-up work waits for them.
+        self._first_looks = 0
         self.smoke = SmokeScheduler(config.smoke_timeout_seconds, self._after_smoke)
 
     def _after_smoke(self, key: str) -> None:
@@ -91,8 +101,8 @@ class Reconciler:
         `seen` is the resource as the watch last delivered it: a periodic look at a settled
         resource then costs no API request at all."""
         key = f"{namespace}/{name}"
-        if periodic and seen is not None and self._settled(key, seen):
-            return None
+        if periodic and (self.busy_with_new() or (seen is not None and self._settled(key, seen))):
+            return None  # the next tick looks again
         with self._guard:
             if key in self._waiting:
                 return None  # coalesced into the reconcile already waiting
@@ -131,6 +141,25 @@ class Reconciler:
             self._last_done[key] = time.monotonic()
             return decision
 
+    @contextmanager
+    def first_look(self, body: dict[str, Any]) -> Iterator[None]:
+        """Marks the reconcile run inside as a new resource's first (no plan recorded yet)."""
+        first = not (body.get("status") or {}).get("planHash")
+        if first:
+            with self._guard:
+                self._first_looks += 1
+        try:
+            yield
+        finally:
+            if first:
+                with self._guard:
+                    self._first_looks -= 1
+
+    def busy_with_new(self) -> bool:
+        """Whether a new resource's first reconcile is under way: a burst of new resources gets
+        their Jobs before anyone's follow-ups and periodic looks take the CPU."""
+        return self._first_looks > 0
+
     def _log_outcome(self, key: str, body: dict[str, Any], decision: Decision) -> None:
         """One line whenever a resource's story changes, so the log tells it (Stalled reasons
         first: they are what someone must act on)."""
@@ -152,7 +181,8 @@ class Reconciler:
             return age < _RESYNC_READY_SECONDS
         if phase in _EVENT_DRIVEN_PHASES:
             return age < _RESYNC_WAITING_SECONDS
-        return False
+        spread = self.clock.count(_POLLED_PHASES) / _POLLED_LOOKS_PER_SECOND
+        return spread > self.config.poll_seconds and age < spread
 
     def _decide(self, body: dict[str, Any], *, resync: bool = False) -> Decision:
         prepared = prepare(body, self.config)

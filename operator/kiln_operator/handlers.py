@@ -48,8 +48,9 @@ def register(
     @kopf.on.resume(*resource, registry=registry, retries=10, backoff=5)
     @kopf.on.create(*resource, registry=registry, retries=10, backoff=5)
     @kopf.on.update(*resource, field="spec", registry=registry, retries=10, backoff=5)
-    def on_change(*, name: str, namespace: str | None, **_: Any) -> None:
-        converge(namespace or "default", name)
+    def on_change(*, name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+        with reconciler.first_look(dict(body)):
+            converge(namespace or "default", name)
 
     # Errors are logged and the next tick retries: a timer never needs kopf's retry loop.
     @kopf.timer(*resource, interval=poll, registry=registry, errors=kopf.ErrorsMode.IGNORED)
@@ -116,4 +117,6 @@ def register(
             exc_info=not expected,
         )
 
-    debouncer = Debouncer(reconcile_owner, on_error=child_reconcile_failed)
+    debouncer = Debouncer(
+        reconcile_owner, on_error=child_reconcile_failed, hold=reconciler.busy_with_new
+    )

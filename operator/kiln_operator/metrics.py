@@ -33,6 +33,7 @@ class PhaseClock:
 
     def __init__(self) -> None:
         self._since: dict[str, tuple[str, float]] = {}
+        self._counts: dict[str, int] = {}
         self._jobs: dict[str, str] = {}
         # Reconciles of different resources run on different threads.
         self._lock = threading.Lock()
@@ -42,14 +43,23 @@ class PhaseClock:
         with self._lock:
             now = time.monotonic()
             previous = self._since.get(key)
+            if previous is not None and previous[0] == phase:
+                return
+            if previous is not None:
+                PHASE_SECONDS.labels(previous[0]).observe(now - previous[1])
+                self._counts[previous[0]] -= 1
             if phase is None:
                 self._since.pop(key, None)
                 self._jobs.pop(key, None)
-            elif previous is None or previous[0] != phase:
-                if previous is not None:
-                    PHASE_SECONDS.labels(previous[0]).observe(now - previous[1])
+            else:
                 self._since[key] = (phase, now)
+                self._counts[phase] = self._counts.get(phase, 0) + 1
             self._publish()
+
+    def count(self, phases: tuple[str, ...]) -> int:
+        """How many resources are in one of `phases` now."""
+        with self._lock:
+            return sum(self._counts.get(phase, 0) for phase in phases)
 
     def observe_job(self, key: str, job_state: str) -> None:
         """The state of the resource's optimization Job, as last read; its phase is untouched
@@ -61,11 +71,8 @@ class PhaseClock:
     def _publish(self) -> None:
         # Phases in the order a resource passes them: a scrape that lands mid-publish sees a
         # resource moving forward leave its old phase before it reaches the next.
-        counts: dict[str, int] = {}
-        for phase, _ in self._since.values():
-            counts[phase] = counts.get(phase, 0) + 1
         for phase in ("Pending", "Queued", "Optimizing", "Deploying", "Ready", "Failed"):
-            PHASES.labels(phase).set(counts.get(phase, 0))
+            PHASES.labels(phase).set(self._counts.get(phase, 0))
         job_counts: dict[str, int] = {}
         for state in self._jobs.values():
             job_counts[state] = job_counts.get(state, 0) + 1

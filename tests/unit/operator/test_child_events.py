@@ -75,3 +75,34 @@ def test_a_burst_of_triggers_is_one_action_per_key() -> None:
     debouncer.trigger("ns/a")
     assert finished.wait(5)
     assert sorted(done[:2]) == ["ns/a", "ns/b"] and done[2] == "ns/a"
+
+
+def test_held_actions_wait_until_released_or_held_too_long() -> None:
+    import threading
+    import time
+
+    from kiln_operator.child_events import Debouncer
+
+    held = threading.Event()
+    held.set()
+    ran: dict[str, float] = {}
+
+    def act(key: str) -> None:
+        ran[key] = time.monotonic()
+
+    debouncer = Debouncer(act, delay=0.05, hold=held.is_set, max_hold=0.6)
+    started = time.monotonic()
+    debouncer.trigger("ns/a")
+    time.sleep(0.3)
+    assert "ns/a" not in ran  # held past its delay
+    held.clear()
+    deadline = time.monotonic() + 5
+    while "ns/a" not in ran and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ran["ns/a"] - started < 1.0
+    held.set()  # held again, but never longer than max_hold
+    debouncer.trigger("ns/b")
+    deadline = time.monotonic() + 5
+    while "ns/b" not in ran and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "ns/b" in ran
