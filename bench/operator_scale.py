@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +59,8 @@ class SideResult:
     jobs_seen: int = 0
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None
+    # How long creating the resources took: both controllers share the cores with the creator.
+    seconds_to_create: float | None = None
     seconds_to_all_jobs: float | None = None
     seconds_to_all_ready: float | None = None
     busy_seconds_after_ready: float | None = None
@@ -71,6 +74,8 @@ class SideResult:
     cached_seconds_to_ready: float | None = None
     cached_new_jobs: int | None = None
     profile: dict[str, Any] | None = None
+    converging_requests: dict[str, int] = field(default_factory=dict)
+    idle_requests: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -159,7 +164,8 @@ class AuditedRequests:
 
     def __init__(self, audit_log: Path, controller: str) -> None:
         self.audit_log, self.user = audit_log, _user(controller)
-        self._offset, self._hits = 0, 0
+        self._offset = 0
+        self.seen: list[str] = []  # "verb resource" of each request, in order
 
     @property
     def hits(self) -> int:
@@ -169,9 +175,16 @@ class AuditedRequests:
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self._offset += len(complete)
         for line in complete.splitlines():
-            if json.loads(line).get("user", {}).get("username") == self.user:
-                self._hits += 1
-        return self._hits
+            event = json.loads(line)
+            if event.get("user", {}).get("username") == self.user:
+                what = event.get("objectRef") or {}
+                self.seen.append(f"{event.get('verb')} {what.get('resource', '?')}")
+        return len(self.seen)
+
+    def since(self, mark: int) -> dict[str, int]:
+        """The requests after the `mark`-th, by verb and resource."""
+        self.hits  # noqa: B018 (reads what the log gained)
+        return dict(Counter(self.seen[mark:]).most_common())
 
 
 def controller_identities(cluster: Cluster, workdir: Path) -> dict[str, Path]:
@@ -332,9 +345,11 @@ def run_peer(cluster: Cluster, count: int, workdir: Path, kubeconfig: Path) -> S
             before = requests.hits
             started = time.monotonic()
             _create(cluster, _resources(count, namespace), arrivals)
+            result.seconds_to_create = round(time.monotonic() - started, 1)
             _wait("every peer Job", lambda: len(arrivals.jobs) >= count, 1800)
             result.seconds_to_all_jobs = round(time.monotonic() - started, 1)
             result.api_requests_converging = requests.hits - before
+            result.converging_requests = requests.since(before)
         _record_latencies(result, arrivals)
     finally:
         result.peak_rss_mb = rss.stop()
@@ -394,6 +409,7 @@ def run_kiln(
             before = requests.hits
             started = time.monotonic()
             _create(cluster, bodies, arrivals)
+            result.seconds_to_create = round(time.monotonic() - started, 1)
             _wait("every Kiln Job", lambda: len(arrivals.jobs) >= count, 3600)
             result.seconds_to_all_jobs = round(time.monotonic() - started, 1)
             _wait(
@@ -409,13 +425,14 @@ def run_kiln(
         result.ready = len(_ready_names(cluster, namespace))
         result.busy_seconds_after_ready = _quiet_after(requests)
         result.api_requests_converging = requests.hits - before
+        result.converging_requests = requests.since(before)
         result.api_requests_per_resource = round(result.api_requests_converging / count, 2)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
         reconciles = _metric(metrics, "kiln_reconciles_total")
         result.reconciles_per_resource = round(reconciles / count, 2)
         seconds = _metric(metrics, "kiln_reconcile_seconds_sum")
         result.mean_reconcile_ms = round(1000 * seconds / max(reconciles, 1.0), 1)
-        result.idle_api_requests_per_minute = _idle_requests(requests, idle_seconds)
+        result.idle_api_requests_per_minute = _idle_requests(requests, idle_seconds, result)
         _cached_reapply(cluster, namespace, bodies[0], result)
     finally:
         result.peak_rss_mb = rss.stop()
@@ -438,10 +455,11 @@ def _quiet_after(requests: AuditedRequests, timeout: float = 600.0) -> float:
     return round(timeout, 1)
 
 
-def _idle_requests(requests: AuditedRequests, seconds: float) -> float:
-    """Requests per minute while nothing changes (watches already open are not counted)."""
+def _idle_requests(requests: AuditedRequests, seconds: float, result: SideResult) -> float:
+    """Requests per minute while nothing changes (a watch counts when it ends and reopens)."""
     before = requests.hits
     time.sleep(seconds)
+    result.idle_requests = requests.since(before)
     return round((requests.hits - before) * 60 / seconds, 1)
 
 
@@ -461,10 +479,10 @@ def _cached_reapply(
 
 def _table(results: list[SideResult]) -> str:
     header = (
-        "| N | controller | job latency p50 / p95 | all Jobs | all Ready | peak RSS "
+        "| N | controller | job latency p50 / p95 | all created | all Jobs | all Ready | peak RSS "
         "| API requests / resource | idle requests / min | reconciles / resource "
         "| cached re-apply |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for r in results:
@@ -476,11 +494,26 @@ def _table(results: list[SideResult]) -> str:
         idle = "—" if r.idle_api_requests_per_minute is None else r.idle_api_requests_per_minute
         rows.append(
             f"| {r.resources} | {r.controller} | {r.latency_p50_s} / {r.latency_p95_s} s | "
-            f"{r.seconds_to_all_jobs} s | {r.seconds_to_all_ready or '—'} s | {r.peak_rss_mb} MB | "
+            f"{r.seconds_to_create} s | {r.seconds_to_all_jobs} s | "
+            f"{r.seconds_to_all_ready or '—'} s | {r.peak_rss_mb} MB | "
             f"{r.api_requests_per_resource} | {idle} | {r.reconciles_per_resource or '—'} | "
             f"{cached} |"
         )
     return header + "\n".join(rows) + "\n"
+
+
+def _requests(results: list[SideResult]) -> str:
+    """What each controller asked the API server, per resource, while converging and idle."""
+    text = "\n"
+    for r in results:
+        converging = ", ".join(
+            f"{what} {count / r.resources:.2f}" for what, count in r.converging_requests.items()
+        )
+        text += f"- {r.controller} at {r.resources}, requests per resource: {converging}\n"
+        if r.idle_requests:
+            idle = ", ".join(f"{what} {count}" for what, count in r.idle_requests.items())
+            text += f"  - while idle: {idle}\n"
+    return text
 
 
 def _profiles(results: list[SideResult], top: int = 15) -> str:
@@ -596,6 +629,7 @@ def main() -> int:
         f"Operator vs bare kopf peer, {summary['date']}, {summary['cpus']} CPUs\n\n"
         + _table(results)
         + f"\nKiln p50 / peer p50: {summary['kiln_p50_over_peer_p50']}\n"
+        + _requests(results)
         + _profiles(results)
     )
     _plot(results, base.with_suffix(".png"))
