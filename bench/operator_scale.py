@@ -14,7 +14,9 @@ GPU node big enough for every pod), for each resource count N:
    ServiceAccount; the API server's audit log counts its requests, not the operator itself), and a
    cached re-apply: a new resource with an existing recipe, which must be Ready with no Job.
 
-    .venv/bin/python -m bench.operator_scale [--counts 100 500 2000] [--idle-seconds 60]
+    .venv/bin/python -m bench.operator_scale [--counts 100 500 2000] [--idle-seconds 60] \\
+        [--no-peer] [--profile]
+    .venv/bin/python -m bench.operator_scale --combine RESULT.json... # one table and plot
 
 Writes bench/results/operator-scale-<time>.json, .md and .png.
 """
@@ -588,7 +590,28 @@ def main() -> int:
         help="sample the operator with py-spy until every resource is Ready (slows it down)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: one table and plot from earlier results (e.g. 2000 run apart)",
+    )
     args = parser.parse_args()
+    if args.combine:
+        return write_results(combined(args.combine), args.out, sources=args.combine)
+    return write_results(measure(args), args.out)
+
+
+def combined(paths: list[Path]) -> list[SideResult]:
+    """The results of earlier runs, by resource count."""
+    results = [
+        SideResult(**row) for path in paths for row in json.loads(path.read_text())["results"]
+    ]
+    return sorted(results, key=lambda r: (r.resources, r.controller != "bare kopf peer"))
+
+
+def measure(args: argparse.Namespace) -> list[SideResult]:
     results: list[SideResult] = []
     with Cluster(audit_policy=AUDIT_POLICY) as cluster, tempfile.TemporaryDirectory() as scratch:
         kubeconfigs = controller_identities(cluster, Path(scratch))
@@ -615,18 +638,24 @@ def main() -> int:
                 print(json.dumps(asdict(results[-1])), flush=True)
         finally:
             standin.stop()
+    return results
+
+
+def write_results(results: list[SideResult], out: Path, sources: list[Path] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     summary = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
+        "combined_from": [str(path) for path in sources or []],
         "kiln_p50_over_peer_p50": _ratios(results),
         "results": [asdict(r) for r in results],
     }
-    base = args.out / f"operator-scale-{stamp}"
+    base = out / f"operator-scale-{stamp}"
+    origin = f", combined from {', '.join(p.name for p in sources)}" if sources else ""
     base.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     base.with_suffix(".md").write_text(
-        f"Operator vs bare kopf peer, {summary['date']}, {summary['cpus']} CPUs\n\n"
+        f"Operator vs bare kopf peer, {summary['date']}, {summary['cpus']} CPUs{origin}\n\n"
         + _table(results)
         + f"\nKiln p50 / peer p50: {summary['kiln_p50_over_peer_p50']}\n"
         + _requests(results)

@@ -341,8 +341,9 @@ class Cluster:
         policy.write_text(yaml.safe_dump(self._audit_policy))
         self.audit_log.parent.mkdir(parents=True, exist_ok=True)
         # Blocking mode: an event is in the file when its request has been answered.
+        # One file, never rotated (rotation at 100 MB is the default): readers keep an offset.
         return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
-                "--audit-log-mode=blocking"]  # fmt: skip
+                "--audit-log-mode=blocking", "--audit-log-maxsize=1000000"]  # fmt: skip
 
     def _write_kubeconfigs(self, pki: Pki) -> None:
         d = self.run_dir
