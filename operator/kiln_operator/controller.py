@@ -33,6 +33,7 @@ from kiln_operator.reconcile import (
     decide_invalid,
     decide_rejected,
     prepare,
+    recorded_plan_hash,
 )
 from kiln_operator.retention import plan_cleanup
 from kiln_operator.smoke import SmokeScheduler
@@ -144,7 +145,7 @@ class Reconciler:
     @contextmanager
     def first_look(self, body: dict[str, Any]) -> Iterator[None]:
         """Marks the reconcile run inside as a new resource's first (no plan recorded yet)."""
-        first = not (body.get("status") or {}).get("planHash")
+        first = not recorded_plan_hash(body)
         if first:
             with self._guard:
                 self._first_looks += 1

@@ -34,7 +34,7 @@ from kiln_operator.naming import (
     selector_labels,
     short_hash,
 )
-from kiln_operator.reconcile import Decision, Event, Observed, Prepared
+from kiln_operator.reconcile import Decision, Event, Observed, Prepared, recorded_plan_hash
 from kiln_operator.store import find_published
 
 __all__ = ["ChildRejected", "KubeApi", "load_kube_config", "merge_patched", "namespace_terminating"]
@@ -134,9 +134,6 @@ class KubeApi:
         # Every call is bounded: a hung connection must not stall a reconcile forever.
         self.timeout = timeout
         self.core = client.CoreV1Api(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.apps = client.AppsV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
         self.authorization = client.AuthorizationV1Api(api_client)
         self.log = logger or logging.getLogger("kiln.operator")
 
@@ -217,8 +214,11 @@ class KubeApi:
         )  # fmt: skip
         # A resource Kiln never wrote a status for has made no children yet: its first
         # reconcile reads none (a child left by a failed first try answers its create with 409).
-        if (prepared.body.get("status") or {}).get("planHash"):
-            self._observe_children(observed, prepared, namespace, name, resync)
+        recorded = recorded_plan_hash(prepared.body)
+        if recorded:
+            self._observe_children(
+                observed, prepared, namespace, name, recorded != plan_hash or resync
+            )
         if observed.published is None and observed.job is None:
             observed.missing_claims = self._missing_claims(namespace, prepared)
             if cfg.max_running_jobs:
@@ -226,7 +226,12 @@ class KubeApi:
         return observed
 
     def _observe_children(
-        self, observed: Observed, prepared: Prepared, namespace: str, name: str, resync: bool
+        self,
+        observed: Observed,
+        prepared: Prepared,
+        namespace: str,
+        name: str,
+        look_for_stale: bool,
     ) -> None:
         plan_hash = prepared.plan_hash
         observed.job = self._get("Job", namespace, job_name(name, plan_hash))
@@ -241,8 +246,7 @@ class KubeApi:
         # The reconcile that records a new plan in status deletes the old plan's children
         # before it writes status: once status names this plan, none are left but after a
         # failure, which the periodic look catches.
-        recorded = (prepared.body.get("status") or {}).get("planHash")
-        if recorded != plan_hash or resync:
+        if look_for_stale:
             stale = f"{OWNER_LABEL}={name},{HASH_LABEL}!={short_hash(plan_hash)}"
             observed.stale_jobs = self._names("Job", namespace, stale)
             observed.stale_configmaps = self._names("ConfigMap", namespace, stale)

@@ -76,6 +76,7 @@ __all__ = [
     "decide_invalid",
     "decide_rejected",
     "prepare",
+    "recorded_plan_hash",
 ]
 
 Obj = dict[str, Any]
@@ -160,6 +161,11 @@ class Prepared:
     def plan_hash(self) -> str:
         """The plan's full hash."""
         return self.plan.hash()
+
+
+def recorded_plan_hash(body: Obj) -> str | None:
+    """The plan the resource's status names: None until Kiln's first reconcile wrote one."""
+    return (body.get("status") or {}).get("planHash")
 
 
 def compile_options(config: OperatorConfig) -> CompileOptions:
