@@ -171,6 +171,15 @@ class AuditedRequests:
 
     @property
     def hits(self) -> int:
+        self._read_new()
+        return len(self.seen)
+
+    def since(self, mark: int) -> dict[str, int]:
+        """The requests after the `mark`-th, by verb and resource."""
+        self._read_new()
+        return dict(Counter(self.seen[mark:]).most_common())
+
+    def _read_new(self) -> None:
         with self.audit_log.open("rb") as log:
             log.seek(self._offset)
             chunk = log.read()
@@ -181,12 +190,6 @@ class AuditedRequests:
             if event.get("user", {}).get("username") == self.user:
                 what = event.get("objectRef") or {}
                 self.seen.append(f"{event.get('verb')} {what.get('resource', '?')}")
-        return len(self.seen)
-
-    def since(self, mark: int) -> dict[str, int]:
-        """The requests after the `mark`-th, by verb and resource."""
-        self.hits  # noqa: B018 (reads what the log gained)
-        return dict(Counter(self.seen[mark:]).most_common())
 
 
 def controller_identities(cluster: Cluster, workdir: Path) -> dict[str, Path]:
