@@ -1,4 +1,4 @@
-"""`python -m kiln_jobs`: the optimization Job's entry point.
+"""`python -m kiln_jobs`: the entry point of the optimization and served-model evaluation Jobs.
 
     python -m kiln_jobs run --plan plan.json --workdir DIR \\
         [--progress-file FILE] [--termination-log /dev/termination-log]
@@ -9,6 +9,8 @@
                                                              (Triton's init container, PVC)
     python -m kiln_jobs delete --store URI --plan-hash H             (retention: delete)
     python -m kiln_jobs openai --triton HOST:PORT --model NAME --tokenizer DIR  (beside Triton)
+    python -m kiln_jobs validate-serving --plan plan.json --http http://HOST:PORT --workdir DIR \\
+        [--termination-log /dev/termination-log]  (a new Triton revision, before it takes traffic)
 
 Exit codes are `kiln_jobs.errors.ExitCode`: 0 on success, a distinct code per user-facing failure
 (one line on stderr, no traceback), 1 with a traceback for anything else (a bug). The termination
@@ -61,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from kiln_jobs.serving.openai_api import main as openai_main
 
             return openai_main(args.openai_args)
+        if args.command == "validate-serving":
+            return _validate_serving(args)
         return _run(args)
     except KilnJobError as err:
         print(f"kiln: {err.reason}: {err.message}", file=sys.stderr)
@@ -98,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "openai", help="an OpenAI-compatible endpoint in front of Triton", add_help=False
     )
+    validate = commands.add_parser(
+        "validate-serving", help="score and time a served model before it takes traffic"
+    )
+    validate.add_argument("--plan", type=Path, required=True, help="the Plan as JSON")
+    validate.add_argument(
+        "--http", required=True, help="the candidate Triton's HTTP endpoint, http://host:port"
+    )
+    validate.add_argument("--workdir", type=Path, required=True, help="scratch space")
+    validate.add_argument("--termination-log", type=Path, help="where the JobResult is written")
     return parser
 
 
@@ -145,6 +158,26 @@ def _run(args: argparse.Namespace) -> int:
     _terminate(args.termination_log, result.job_result())
     where = result.published_dir or result.published_uri
     log.info("%s %s", "already published at" if result.reused else "published", where)
+    return ExitCode.OK
+
+
+def _validate_serving(args: argparse.Namespace) -> int:
+    # Before torch is imported (the relay's tokenizer): threads sized to the CPU quota.
+    from kiln_jobs.threads import configure_cpu_threads
+
+    configure_cpu_threads()
+    from kiln_jobs.serving_validation import ServingValidation, failed_result
+
+    validation: ServingValidation | None = None
+    try:
+        validation = ServingValidation(read_plan(args.plan), args.http, args.workdir)
+        validation.execute()
+    except Exception as err:
+        result = validation.job_result(err) if validation else failed_result(err)
+        _terminate(args.termination_log, result)
+        raise
+    _terminate(args.termination_log, validation.job_result())
+    log.info("the model served at %s passed", args.http)
     return ExitCode.OK
 
 

@@ -26,7 +26,7 @@ from kiln_jobs.errors import AccuracyGateFailed, UserError
 from kiln_jobs.manifest import Manifest, Metrics
 from kiln_jobs.plan import EvaluationPlan, PerformancePlan, Plan
 from kiln_jobs.report import ReportFacts, write_report
-from kiln_jobs.serving.loadtest import LevelStats, measure
+from kiln_jobs.serving.loadtest import LevelStats, measure_performance
 from kiln_jobs.serving_report import ServingFacts, write_serving_report
 
 if TYPE_CHECKING:
@@ -215,22 +215,11 @@ def _measure_served(
         manifest, report.openai_url, checkpoint, work_dir / "cache"
     )
     if (performance := manifest.plan.evaluation.performance) is not None:
-        report.performance = _measure(report.http_url, report.model, performance)
+        report.performance = measure_performance(report.http_url, report.model, performance)
         if report.baseline_performance:
             report.speed = speed_gate.compare(
                 report.baseline_performance, report.performance, performance
             )
-
-
-def _measure(url: str, model: str, performance: PerformancePlan) -> list[LevelStats]:
-    return measure(
-        url,
-        model,
-        performance.prompt,
-        levels=performance.concurrency,
-        requests=performance.requests,
-        max_tokens=performance.max_tokens,
-    )
 
 
 def _measure_original(
@@ -242,7 +231,7 @@ def _measure_original(
     root = speed_gate.baseline_repository(plan, work_dir)
     log = log_path.with_name(f"baseline-{log_path.name}") if log_path else None
     with TritonServer(root / TRITON_DIR, log_path=log) as server:
-        return _measure(server.http_url, plan.serving.model_name, performance)
+        return measure_performance(server.http_url, plan.serving.model_name, performance)
 
 
 def _check_serving_gates(evaluation: EvaluationPlan, report: ServeReport) -> None:

@@ -8,6 +8,7 @@ compact `JobResult` that fits Kubernetes' 4 KiB limit.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,6 +26,9 @@ __all__ = [
     "Manifest",
     "Metrics",
     "Progress",
+    "ServedLevel",
+    "ServedTask",
+    "ServingMeasurements",
     "Speculation",
     "StageResult",
     "TaskResult",
@@ -228,6 +232,68 @@ class Progress(_Model):
     overall: float | None = Field(default=None, ge=0, le=100)
 
 
+class ServedTask(_Model):
+    """One task scored again on the served endpoint, against the published model's in-process
+    score (evaluation.served)."""
+
+    name: str
+    metric: str
+    in_process: float
+    # None when the task cannot be scored through the serving contract (`skipped` says why).
+    served: float | None = None
+    samples: int = Field(default=0, ge=0)
+    passed: bool
+    skipped: str | None = None
+
+
+class ServedLevel(_Model):
+    """The served model's latency and throughput at one concurrency level
+    (evaluation.performance), in the units people read."""
+
+    concurrency: int = Field(ge=1)
+    requests: int = Field(ge=0)
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    itl_p50_ms: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    output_tokens_per_second: float
+    requests_per_second: float
+
+
+class ServingMeasurements(_Model):
+    """What the served-model evaluation measured on a rolled-out, not yet promoted model."""
+
+    tasks: list[ServedTask] = Field(default_factory=list)
+    performance: list[ServedLevel] = Field(default_factory=list)
+
+    def slimmer(self) -> Iterator[ServingMeasurements]:
+        """Ever smaller copies, for a termination message that must fit 4 KiB: first the levels
+        without their optional numbers, then without the tasks that measured nothing, then with
+        entries cut from the ends of both lists, the failed tasks kept longest (they are why the
+        Job failed). The last copy is empty."""
+        levels = [
+            level.model_copy(
+                update={"itl_p50_ms": None, "latency_p50_ms": None, "latency_p95_ms": None}
+            )
+            for level in self.performance
+        ]
+        yield self.model_copy(update={"performance": levels})
+        measured = [task for task in self.tasks if task.served is not None]
+        # Indices, failed tasks first; a kept subset is shown in the original order.
+        priority = sorted(range(len(measured)), key=lambda i: measured[i].passed)
+        tasks, count = len(measured), len(levels)
+        while True:
+            kept = [measured[i] for i in sorted(priority[:tasks])]
+            yield ServingMeasurements(tasks=kept, performance=levels[:count])
+            if tasks == count == 0:
+                return
+            if tasks >= count:
+                tasks -= 1
+            else:
+                count -= 1
+
+
 class JobResult(_Model):
     """The runner's last word, written to the container's termination message path."""
 
@@ -245,22 +311,12 @@ class JobResult(_Model):
     speculation: Speculation | None = None
     # sha256 of the published manifest.json, so the operator pins what Triton may serve.
     manifest_digest: str | None = None
+    # The served-model evaluation Job's measurements (that Job publishes nothing).
+    serving: ServingMeasurements | None = None
 
     def to_termination_message(self) -> str:
-        """Compact JSON under Kubernetes' limit; stage details, then the attempts' task results,
-        the attempts and the published task results are dropped first if needed (the manifest
-        keeps them all)."""
-        text = self.model_dump_json(exclude_none=True)
-        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
-            return text
-        attempts = [a.model_copy(update={"tasks": None}) for a in self.attempts]
-        metrics = self.metrics and self.metrics.model_copy(update={"tasks": None})
-        for slim in (
-            self.model_copy(update={"stages": []}),
-            self.model_copy(update={"stages": [], "attempts": attempts}),
-            self.model_copy(update={"stages": [], "attempts": []}),
-            self.model_copy(update={"stages": [], "attempts": [], "metrics": metrics}),
-        ):
+        """Compact JSON under Kubernetes' limit (see `_slimmer` for what goes first)."""
+        for slim in self._slimmer():
             text = slim.model_dump_json(exclude_none=True)
             if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
                 return text
@@ -268,3 +324,25 @@ class JobResult(_Model):
         return JobResult(
             ok=self.ok, plan_hash=self.plan_hash, reason=self.reason, message=short
         ).model_dump_json(exclude_none=True)
+
+    def _slimmer(self) -> Iterator[JobResult]:
+        """This result, then ever smaller copies: stage details, the attempts' task results, the
+        attempts and the published task results go first (the manifest keeps them all), then the
+        serving measurements' detail, then everything but the verdict, a message cut to 1000
+        characters and as much of the serving measurements as fits (only that Job has them)."""
+        yield self
+        attempts = [a.model_copy(update={"tasks": None}) for a in self.attempts]
+        metrics = self.metrics and self.metrics.model_copy(update={"tasks": None})
+        yield self.model_copy(update={"stages": []})
+        yield self.model_copy(update={"stages": [], "attempts": attempts})
+        lean = self.model_copy(update={"stages": [], "attempts": []})
+        yield lean
+        lean = lean.model_copy(update={"metrics": metrics})
+        yield lean
+        if self.serving is None:
+            return
+        yield lean.model_copy(update={"serving": next(self.serving.slimmer())})
+        short = (self.message or "")[:1000]
+        bare = JobResult(ok=self.ok, plan_hash=self.plan_hash, reason=self.reason, message=short)
+        for serving in self.serving.slimmer():
+            yield bare.model_copy(update={"serving": serving})

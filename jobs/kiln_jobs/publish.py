@@ -27,6 +27,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -82,9 +83,17 @@ class Store(Protocol):
         """Remove a staging directory that will not be committed."""
         ...
 
-    def fetch(self, plan_hash: str, dest: Path, *, under: str | None = None) -> Manifest:
+    def fetch(
+        self,
+        plan_hash: str,
+        dest: Path,
+        *,
+        under: str | None = None,
+        select: Callable[[str], bool] | None = None,
+    ) -> Manifest:
         """Copy a published plan into `dest`, checking every file against its digest; with
-        `under`, only the files in that folder of the plan (e.g. `report`)."""
+        `under`, only the files in that folder of the plan (e.g. `report`); with `select`, only
+        the files whose plan-relative path it accepts (a tokenizer without the weights)."""
         ...
 
     def remove(self, plan_hash: str) -> bool:
@@ -176,11 +185,18 @@ class DirectoryStore:
         """See `Store.discard`."""
         shutil.rmtree(staging, ignore_errors=True)
 
-    def fetch(self, plan_hash: str, dest: Path, *, under: str | None = None) -> Manifest:
+    def fetch(
+        self,
+        plan_hash: str,
+        dest: Path,
+        *,
+        under: str | None = None,
+        select: Callable[[str], bool] | None = None,
+    ) -> Manifest:
         """See `Store.fetch`."""
         published = self._published(plan_hash)
         source = self.root / plan_hash
-        for entry in _entries(published.manifest, under):
+        for entry in _entries(published.manifest, under, select):
             _copy_checked(source / entry.path, _target(dest, entry), entry)
         _write_manifest(dest, published.manifest)
         return published.manifest
@@ -276,14 +292,21 @@ class ObjectStore:
         """See `Store.discard`."""
         shutil.rmtree(staging, ignore_errors=True)
 
-    def fetch(self, plan_hash: str, dest: Path, *, under: str | None = None) -> Manifest:
+    def fetch(
+        self,
+        plan_hash: str,
+        dest: Path,
+        *,
+        under: str | None = None,
+        select: Callable[[str], bool] | None = None,
+    ) -> Manifest:
         """See `Store.fetch`."""
         published = self.existing(plan_hash)
         if published is None:
             raise SourceNotFound(f"{self.uri}/{plan_hash} is not published (no manifest.json)")
         where = f"{self.uri}/{plan_hash}"
         objects_dir = published.manifest.objects_dir
-        for entry in _entries(published.manifest, under):
+        for entry in _entries(published.manifest, under, select):
             target = _target(dest, entry)
             key = self._key(plan_hash, objects_dir, entry.path)
             self.bucket.download_file(key, target, what=where)
@@ -345,12 +368,17 @@ def verify_published(directory: Path, plan_hash: str, manifest_sha256: str | Non
     return manifest
 
 
-def _entries(manifest: Manifest, under: str | None) -> list[FileDigest]:
-    """The manifest's files, or those in the folder `under`."""
-    if under is None:
-        return manifest.files
-    prefix = under.strip("/") + "/"
-    return [entry for entry in manifest.files if entry.path.startswith(prefix)]
+def _entries(
+    manifest: Manifest, under: str | None, select: Callable[[str], bool] | None = None
+) -> list[FileDigest]:
+    """The manifest's files, or those in the folder `under` that `select` accepts (one choice
+    for every store, so each fetches the same files)."""
+    prefix = "" if under is None else under.strip("/") + "/"
+    return [
+        entry
+        for entry in manifest.files
+        if entry.path.startswith(prefix) and (select is None or select(entry.path))
+    ]
 
 
 def _check_digest(path: Path, entry: FileDigest) -> None:

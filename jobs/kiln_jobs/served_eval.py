@@ -88,8 +88,10 @@ def evaluate_served(
     for task in prepare(plan.tasks, cache_dir):
         measured = in_process[task.plan.name]
         if task.output_type != GENERATIVE:
+            log.info("served task %s: skipped, %s", task.plan.name, NOT_SCORED_WHEN_SERVED)
             results.append(_skipped(measured))
             continue
+        log.info("served task %s: scoring up to %d samples", task.plan.name, task.plan.limit)
         served = _score(task, base_url, manifest.plan.serving.model_name, tokenizer_dir)
         results.append(judge_served(measured, served, plan.served))
     if all(result.served is None for result in results):

@@ -12,16 +12,30 @@ time (all workers' tokens together, so it shows whether the server batches concu
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kiln_jobs.serving.client import generate
 
-__all__ = ["LevelStats", "RequestTiming", "level_stats", "measure", "percentile"]
+if TYPE_CHECKING:
+    from kiln_jobs.plan import PerformancePlan
+
+__all__ = [
+    "LevelStats",
+    "RequestTiming",
+    "level_stats",
+    "measure",
+    "measure_performance",
+    "percentile",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,7 +126,28 @@ def measure(
     Raises:
         InferenceFailed: A request failed.
     """
-    return [_level(url, model, prompt, c, max(requests, c), max_tokens, timeout) for c in levels]
+    stats = []
+    for concurrency in levels:
+        count = max(requests, concurrency)
+        log.info(
+            "load test: concurrency %d, %d requests of %d tokens", concurrency, count, max_tokens
+        )
+        stats.append(_level(url, model, prompt, concurrency, count, max_tokens, timeout))
+        log.info("load test: %s", stats[-1].summary())
+    return stats
+
+
+def measure_performance(url: str, model: str, performance: PerformancePlan) -> list[LevelStats]:
+    """`measure` as the Plan's `evaluation.performance` asks: one definition of the measurement
+    for `kiln run` and the served-model evaluation Job, so their numbers compare."""
+    return measure(
+        url,
+        model,
+        performance.prompt,
+        levels=performance.concurrency,
+        requests=performance.requests,
+        max_tokens=performance.max_tokens,
+    )
 
 
 def _level(

@@ -4,7 +4,8 @@ The task is `license_cloze` (`tests.unit.jobs.cloze_task`): 40 questions, which 
 comes next in a GPL-2 sentence, written by the test into a directory the Plan names as the task's
 source. The baseline is scored once; every attempt is scored on the same 40 questions. Its
 generative variant (`license_cloze_words`: write the word) is scored in process and then again
-on the published FP8 model served by the real tritonserver, as `kiln run` serves it. SmolLM2's
+on the published FP8 model served by the real tritonserver, as `kiln run` serves it, and by the
+served-model evaluation Job's command (`validate-serving`) against that same server. SmolLM2's
 "float" baseline is a Q4_1 GGUF dequantized on load (see MODELOPT_NOTES.md). Each test prints its
 numbers (run with `-s` to see them).
 
@@ -18,15 +19,21 @@ activation scales clip what calibration never saw, and acc falls to 0.35 (0.40 a
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from kiln_jobs import gate, local, served_eval
-from kiln_jobs.errors import AccuracyGateFailed
+from kiln_jobs.__main__ import main
+from kiln_jobs.errors import AccuracyGateFailed, ExitCode
+from kiln_jobs.manifest import JobResult
 from kiln_jobs.plan import (
     DataRef,
+    PerformancePlan,
+    Plan,
     PTQPlan,
     QATPlan,
     ServedEvaluationPlan,
@@ -82,6 +89,26 @@ def _report(name: str, run: Run, seconds: float) -> None:
     print(f"\nSmolLM2 {name} on {TASK_NAME}: {tried}; total {seconds:.0f}s; stages: {stages}")
 
 
+def _validate_serving(plan: Plan, http_url: str, tmp_path: Path) -> tuple[int, JobResult]:
+    """`python -m kiln_jobs validate-serving` as the operator's Job runs it, in this process,
+    against `http_url`; the Plan adds a one-request load test (not hashed: same published plan).
+    Returns the exit code and the termination log."""
+    speed = PerformancePlan(concurrency=(1,), requests=1, max_tokens=4, baseline=False)
+    job_plan = plan.model_copy(
+        update={"evaluation": plan.evaluation.model_copy(update={"performance": speed})}
+    )
+    assert job_plan.hash() == plan.hash()
+    plan_file, termination = tmp_path / "job-plan.json", tmp_path / "termination-log"
+    plan_file.write_text(job_plan.to_json())
+    argv = ["validate-serving", "--plan", str(plan_file), "--http", f"http://{http_url}"]
+    argv += ["--workdir", str(tmp_path / "validate"), "--termination-log", str(termination)]
+    began = time.monotonic()
+    with mock.patch.dict(os.environ):  # it sets OMP_* for its own process
+        code = main(argv)
+    print(f"validate-serving in {time.monotonic() - began:.0f}s: {termination.read_text()}")
+    return code, JobResult.model_validate_json(termination.read_text())
+
+
 def test_fp8_passes_the_gates_and_the_served_model_scores_as_in_process(tmp_path: Path) -> None:
     plan = smollm2_plan(
         tmp_path / "store",
@@ -115,8 +142,15 @@ def test_fp8_passes_the_gates_and_the_served_model_scores_as_in_process(tmp_path
     # Served: the generative task through the OpenAI endpoint in front of the real tritonserver
     # scores what it scored in process; the multiple-choice one cannot be asked there.
     began = time.monotonic()
+    validated: list[tuple[int, JobResult]] = []
     served = local.serve_published(
-        manifest, result.published_dir, work_dir=tmp_path / "work", log_path=tmp_path / "log"
+        manifest,
+        result.published_dir,
+        work_dir=tmp_path / "work",
+        log_path=tmp_path / "log",
+        on_ready=lambda report: validated.append(
+            _validate_serving(plan, report.http_url, tmp_path)
+        ),
     )
     chosen, written = served.served_tasks
     print(f"served in {time.monotonic() - began:.0f}s: {written.summary()}")
@@ -129,6 +163,24 @@ def test_fp8_passes_the_gates_and_the_served_model_scores_as_in_process(tmp_path
     # Writing the exact word is harder than picking it: 7 of 40 here, far above chance.
     assert written.in_process == words.optimized and words.baseline >= 0.1
     assert written.served is not None and abs(written.served - written.in_process) <= 0.05
+
+    # The served-model evaluation Job's command, against the same server, scores the same and
+    # says so in its termination message, with the load test's level.
+    ((code, job),) = validated
+    assert code == ExitCode.OK and (job.ok, job.plan_hash) == (True, plan.hash())
+    assert job.serving is not None
+    skipped, scored_served = job.serving.tasks
+    assert (skipped.name, skipped.served, skipped.passed) == (TASK_NAME, None, True)
+    assert (scored_served.name, scored_served.samples, scored_served.passed) == (
+        GENERATIVE_TASK_NAME,
+        QUESTIONS,
+        True,
+    )
+    assert (scored_served.in_process, scored_served.served) == (words.optimized, written.served)
+    (level,) = job.serving.performance
+    assert (level.concurrency, level.requests) == (1, 1)
+    assert 0 < level.ttft_p50_ms <= (level.latency_p50_ms or 0)
+    assert level.output_tokens_per_second > 0
 
 
 def test_a_lossy_ptq_fails_the_task_gate_and_escalates(tmp_path: Path) -> None:

@@ -105,6 +105,20 @@ def test_object_store_fetch_and_remove(tmp_path: Path) -> None:
     assert not store.remove(plan_hash)
 
 
+@pytest.mark.parametrize("kind", ["directory", "object"])
+def test_both_stores_fetch_only_the_selected_files(kind: str, tmp_path: Path) -> None:
+    store: DirectoryStore | ObjectStore = (
+        DirectoryStore(tmp_path / "store")
+        if kind == "directory"
+        else ObjectStore(Bucket(MemoryStore()), "kiln", "s3://b/kiln", tmp_path / "staging")
+    )
+    plan_hash = _publish(store, tmp_path)
+    dest = tmp_path / "fetched"
+    store.fetch(plan_hash, dest, select=lambda path: not path.endswith(".safetensors"))
+    fetched = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert fetched == [MANIFEST_FILE, "triton/model/config.pbtxt"]
+
+
 @pytest.mark.parametrize("path", ["../outside", "/etc/passwd", "a/../../b", "a//b", "./a", ""])
 def test_a_manifest_cannot_name_a_file_outside_the_plan(path: str) -> None:
     from pydantic import ValidationError
