@@ -137,7 +137,7 @@ def compile_plan(
             dtype=spec.model.dtype,
         ),
         techniques=techniques,
-        evaluation=_evaluation(spec.evaluation, techniques),
+        evaluation=_evaluation(spec.evaluation, techniques, options),
         export=ExportPlan(tensorrt_llm_checkpoint=spec.engine.backend == "tensorrt-llm"),
         engine=EnginePlan(
             backend=spec.engine.backend,
@@ -174,13 +174,23 @@ def _scope(namespace: str | None, options: CompileOptions) -> str:
 def _check_target(spec: ModelOptimizationSpec, options: CompileOptions) -> None:
     if options.target != "cluster":
         return
-    for field in ("served", "performance"):
-        if getattr(spec.evaluation, field) is not None:
-            raise CompileError(
-                f"spec.evaluation.{field}",
-                f"evaluation.{field} is measured on the served model by kiln run only; a "
-                "cluster does not run it yet: remove it from this resource",
-            )
+    evaluation = spec.evaluation
+    if not spec.serving.enabled:
+        for field in ("served", "performance"):
+            if getattr(evaluation, field) is not None:
+                raise CompileError(
+                    f"spec.evaluation.{field}",
+                    f"evaluation.{field} is measured on the served model, and serving is off: "
+                    "set serving.enabled: true, or remove it",
+                )
+    performance = evaluation.performance
+    if performance is not None and (performance.min_speedup or _asks_for_baseline(performance)):
+        raise CompileError(
+            "spec.evaluation.performance.baseline",
+            "the comparison with the original model (baseline, minSpeedup) is measured by kiln "
+            "run only; in a cluster the served revision is measured alone: set baseline: false "
+            "and remove minSpeedup",
+        )
     for path, uri in spec_uris(spec):
         if uri_scheme(uri) == "file":
             raise CompileError(
@@ -188,6 +198,11 @@ def _check_target(spec: ModelOptimizationSpec, options: CompileOptions) -> None:
                 f"{uri} is a local path, usable with kiln run only; in a cluster use "
                 "pvc://claim/path or s3://bucket/prefix",
             )
+
+
+def _asks_for_baseline(performance: PerformanceSpec) -> bool:
+    """baseline: true written in the spec (its default is for kiln run)."""
+    return "baseline" in performance.model_fields_set and performance.baseline
 
 
 def spec_uris(spec: ModelOptimizationSpec) -> list[tuple[str, str]]:
@@ -355,7 +370,9 @@ def _techniques(items: list[TechniqueSpec]) -> tuple[Technique, ...]:
     return tuple(plan)
 
 
-def _evaluation(spec: EvaluationSpec, techniques: tuple[Technique, ...]) -> EvaluationPlan:
+def _evaluation(
+    spec: EvaluationSpec, techniques: tuple[Technique, ...], options: CompileOptions
+) -> EvaluationPlan:
     data = _data(spec.data, Defaults.EVAL_SAMPLES)
     escalation: tuple[tuple[Technique, ...], ...] = ()
     notes: tuple[str, ...] = ()
@@ -370,17 +387,18 @@ def _evaluation(spec: EvaluationSpec, techniques: tuple[Technique, ...]) -> Eval
         escalation=escalation,
         tasks=tuple(_task(task) for task in spec.tasks or []),
         served=ServedEvaluationPlan(max_drop=spec.served.max_drop) if spec.served else None,
-        performance=_performance(spec.performance) if spec.performance else None,
+        performance=_performance(spec.performance, options) if spec.performance else None,
         ladder_notes=notes,
     )
 
 
-def _performance(spec: PerformanceSpec) -> PerformancePlan:
+def _performance(spec: PerformanceSpec, options: CompileOptions) -> PerformancePlan:
     return PerformancePlan(
         concurrency=tuple(spec.concurrency),
         requests=spec.requests,
         max_tokens=spec.max_tokens,
-        baseline=spec.baseline,
+        # In a cluster the revision is measured alone (_check_target refuses an explicit ask).
+        baseline=spec.baseline and options.target == "local",
         min_speedup=spec.min_speedup,
     )
 

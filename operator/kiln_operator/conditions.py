@@ -15,6 +15,7 @@ __all__ = [
     "OPTIMIZED",
     "READY",
     "RECONCILING",
+    "SERVING_VALIDATED",
     "SMOKE_TESTED",
     "STALLED",
     "find_condition",
@@ -28,6 +29,7 @@ STALLED = "Stalled"
 OPTIMIZED = "Optimized"
 DEPLOYED = "Deployed"
 SMOKE_TESTED = "SmokeTested"
+SERVING_VALIDATED = "ServingValidated"
 
 #: Every condition a ModelOptimization carries, in the order people read them, with what it
 #: means when True. kstatus and Argo CD read the first three; the rest are Kiln's stages.
@@ -38,6 +40,11 @@ CONDITIONS: tuple[tuple[str, str], ...] = (
     (OPTIMIZED, "the current plan's artifacts are published"),
     (DEPLOYED, "Triton serves the current plan"),
     (SMOKE_TESTED, "a real generation request to the served model succeeded"),
+    (
+        SERVING_VALIDATED,
+        "the current plan's revision passed the served-model evaluation (evaluation.served, "
+        "evaluation.performance) and was promoted; absent when the spec asks for none",
+    ),
 )
 
 ConditionStatus = Literal["True", "False", "Unknown"]

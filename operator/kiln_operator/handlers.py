@@ -15,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from kiln_operator.api import GROUP, PLURAL, VERSION
+from kiln_operator.builders.serving_check import CHECK_COMPONENT
 from kiln_operator.child_events import ChildChanges, Debouncer
 from kiln_operator.controller import Reconciler, artifacts_given_up, remove_artifacts
 from kiln_operator.naming import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL
@@ -81,8 +82,10 @@ def register(
     optimize = {**_MANAGED, COMPONENT_LABEL: "optimize"}
     changes = ChildChanges()
     serving = {**_MANAGED, COMPONENT_LABEL: "serving"}
+    check = {**_MANAGED, COMPONENT_LABEL: CHECK_COMPONENT}
 
     @kopf.on.event("batch", "v1", "jobs", labels=optimize, registry=registry)
+    @kopf.on.event("batch", "v1", "jobs", labels=check, registry=registry)
     @kopf.on.event("v1", "pods", labels=optimize, registry=registry)
     @kopf.on.event("apps", "v1", "deployments", labels=serving, registry=registry)
     def on_child(

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kiln_operator.api import GROUP, PLURAL, VERSION
 from kiln_operator.builders.common import input_uris, split_store
+from kiln_operator.builders.serving_check import check_job_name, needs_serving_check
 from kiln_operator.conditions import now_rfc3339
 from kiln_operator.config import OperatorConfig
 from kiln_operator.jobstate import parse_progress
@@ -31,7 +32,7 @@ from kiln_operator.naming import (
     OWNER_LABEL,
     deployment_name,
     job_name,
-    selector_labels,
+    serving_selector,
     short_hash,
 )
 from kiln_operator.reconcile import Decision, Event, Observed, Prepared, recorded_plan_hash
@@ -240,9 +241,21 @@ class KubeApi:
             observed.progress = self._progress(namespace, observed.job_pods)
             if not observed.job_pods:
                 observed.job_create_failure = self._create_failure(namespace, observed.job)
-        observed.deployment = self._get("Deployment", namespace, deployment_name(name))
+        observed.deployment = self._get("Deployment", namespace, deployment_name(name, plan_hash))
         if observed.deployment is not None:
-            observed.serving_pods = self._pods(namespace, selector_labels(name, "serving"))
+            observed.serving_pods = self._pods(namespace, serving_selector(name, plan_hash))
+        promoted = (prepared.body.get("status") or {}).get("servingPlanHash")
+        if promoted != plan_hash and needs_serving_check(prepared.plan):
+            check = self._get("Job", namespace, check_job_name(name, prepared.plan))
+            observed.check_job = check
+            if check is not None:
+                observed.check_job_pods = self._job_pods(namespace, check)
+        if look_for_stale or promoted != plan_hash:
+            other = (
+                f"{OWNER_LABEL}={name},{COMPONENT_LABEL}=serving,"
+                f"{HASH_LABEL}!={short_hash(plan_hash)}"
+            )
+            observed.other_revisions = self._names("Deployment", namespace, other)
         # The reconcile that records a new plan in status deletes the old plan's children
         # before it writes status: once status names this plan, none are left but after a
         # failure, which the periodic look catches.

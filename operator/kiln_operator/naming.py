@@ -15,6 +15,7 @@ __all__ = [
     "MANAGED_BY_LABEL",
     "OWNER_LABEL",
     "admin_secret_name",
+    "candidate_service_name",
     "child_labels",
     "cleanup_job_name",
     "deployment_name",
@@ -22,6 +23,8 @@ __all__ = [
     "plan_configmap_name",
     "selector_labels",
     "service_name",
+    "serving_check_job_name",
+    "serving_selector",
     "short_hash",
 ]
 
@@ -69,14 +72,27 @@ def cleanup_job_name(name: str, plan_hash: str) -> str:
     return _fit(name, f"rm-{short_hash(plan_hash)}")
 
 
-def deployment_name(name: str) -> str:
-    """The Triton Deployment; stable across plans so a new plan rolls out in place."""
-    return _fit(name, "triton")
+def deployment_name(name: str, plan_hash: str) -> str:
+    """The Triton Deployment serving one plan (a revision): a new plan gets its own, so the
+    one serving keeps serving until the new one is validated."""
+    return _fit(name, f"triton-{short_hash(plan_hash)}")
 
 
 def service_name(name: str) -> str:
-    """The Service in front of Triton (and the PodDisruptionBudget)."""
+    """The Service clients use, in front of the promoted revision (and the PDB)."""
     return _fit(name, "triton")
+
+
+def candidate_service_name(name: str) -> str:
+    """The Service in front of the current plan's revision, promoted or not: the smoke test
+    and the served-model evaluation reach a new revision through it before clients do."""
+    return _fit(name, "triton-candidate")
+
+
+def serving_check_job_name(name: str, plan_hash: str, check_digest: str) -> str:
+    """The Job that evaluates one plan's revision as served (evaluation.served/performance):
+    changed thresholds (not part of the plan hash) are a new evaluation."""
+    return _fit(name, f"check-{short_hash(plan_hash)}-{check_digest[:6]}")
 
 
 def admin_secret_name(name: str) -> str:
@@ -87,6 +103,11 @@ def admin_secret_name(name: str) -> str:
 def selector_labels(name: str, component: str) -> dict[str, str]:
     """Labels that select one resource's pods of one component (immutable in a Deployment)."""
     return {OWNER_LABEL: name, COMPONENT_LABEL: component}
+
+
+def serving_selector(name: str, plan_hash: str) -> dict[str, str]:
+    """Labels that select the Triton pods of one resource's revision."""
+    return {**selector_labels(name, "serving"), HASH_LABEL: short_hash(plan_hash)}
 
 
 def child_labels(name: str, component: str, plan_hash: str | None = None) -> dict[str, str]:

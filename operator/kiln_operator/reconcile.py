@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from kiln_jobs.contract import CHECKPOINT_DIR, ENGINE_DIR, REPORT_DIR, REPORT_FILE, TRITON_DIR
-from kiln_jobs.manifest import Progress
+from kiln_jobs.manifest import JobResult, Progress
 from kiln_jobs.plan import Plan
 from kiln_operator.api import ModelOptimization, ModelOptimizationStatus
 from kiln_operator.api.status import (
@@ -27,16 +27,25 @@ from kiln_operator.api.status import (
     MetricsStatus,
     Phase,
     ProgressStatus,
+    ServedLevelStatus,
+    ServedTaskStatus,
     SpeculationStatus,
     StageStatus,
 )
 from kiln_operator.builders.job import build_job, build_plan_configmap
 from kiln_operator.builders.serving import (
     build_admin_secret,
+    build_candidate_service,
     build_deployment,
     build_pdb,
     build_service,
+    candidate_http,
     endpoints_of,
+)
+from kiln_operator.builders.serving_check import (
+    CHECK_DEADLINE_MESSAGE,
+    build_serving_check_job,
+    needs_serving_check,
 )
 from kiln_operator.compiler import CompileError, CompileOptions, compile_plan
 from kiln_operator.conditions import (
@@ -45,6 +54,7 @@ from kiln_operator.conditions import (
     OPTIMIZED,
     READY,
     RECONCILING,
+    SERVING_VALIDATED,
     SMOKE_TESTED,
     STALLED,
     ConditionStatus,
@@ -56,6 +66,7 @@ from kiln_operator.jobstate import view_job
 from kiln_operator.naming import (
     APPLIED_ANNOTATION,
     HASH_LABEL,
+    deployment_name,
     job_name,
     service_name,
     short_hash,
@@ -113,8 +124,14 @@ class Observed:
     job_pods: list[Obj] = field(default_factory=list)
     progress: Progress | None = None
     published: Published | None = None
+    # The current plan's Triton revision and its pods.
     deployment: Obj | None = None
     serving_pods: list[Obj] = field(default_factory=list)
+    # Deployments of other plans' revisions (the promoted one among them until this replaces it).
+    other_revisions: list[str] = field(default_factory=list)
+    # The served-model evaluation Job of the current plan's revision, when the plan asks for one.
+    check_job: Obj | None = None
+    check_job_pods: list[Obj] = field(default_factory=list)
     stale_jobs: list[str] = field(default_factory=list)
     stale_configmaps: list[str] = field(default_factory=list)
     missing_claims: list[str] = field(default_factory=list)
@@ -247,6 +264,7 @@ class _Status:
         self.new = ModelOptimizationStatus(
             observed_generation=self.generation,
             serving_plan_hash=self.previous.serving_plan_hash,
+            smoke_tested_plan_hash=self.previous.smoke_tested_plan_hash,
         )
 
     def condition(self, kind: str, status: ConditionStatus, reason: str, message: str) -> None:
@@ -305,6 +323,8 @@ class _Status:
             bad = (kind == STALLED) or new["status"] == "False"
             if kind == READY and new["status"] == "False":
                 continue  # Ready=False mirrors other conditions; their events say why
+            if any(event.reason == new["reason"] for event in found):
+                continue  # a stage's failure and Stalled tell the same story once
             found.append(Event("Warning" if bad else "Normal", new["reason"], new["message"]))
         if old_phase != new_phase and not found:
             reconciling = find_condition(self.conditions, RECONCILING) or {}
@@ -505,13 +525,18 @@ def _serving_children(
     config: OperatorConfig,
     published: Published,
     status: _Status,
+    *,
+    promoted: str | None,
+    revision: bool = True,
 ) -> None:
-    """The admin Secret, Service, Deployment and PDB, written unless the Deployment already
-    carries the digest of exactly these (a child event then needs no writes; the periodic
-    look writes them all again, which repairs what someone changed by hand)."""
+    """The admin Secret, the Services, the current plan's revision (unless `revision` is off)
+    and the PDB, written unless the revision already carries the digest of exactly these (a
+    child event then needs no writes; the periodic look writes them all again, which repairs
+    what someone changed by hand). The clients' Service exists once a revision is `promoted`."""
     body, resource = prepared.body, prepared.resource
     secret = _owned(build_admin_secret(resource), body)
-    service = _owned(build_service(resource), body)
+    candidate = _owned(build_candidate_service(resource, prepared.plan_hash), body)
+    service = _owned(build_service(resource, promoted), body) if promoted else None
     deployment = _owned(
         build_deployment(
             resource, prepared.plan, checkpoint=published.checkpoint,
@@ -521,18 +546,139 @@ def _serving_children(
         body,
     )  # fmt: skip
     pdb = build_pdb(resource)
-    desired = [secret, service, deployment, pdb]
+    desired = [secret, candidate, service, deployment, pdb]
     digest = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:16]
     deployment["metadata"].setdefault("annotations", {})[APPLIED_ANNOTATION] = digest
     applied = ((observed.deployment or {}).get("metadata") or {}).get("annotations") or {}
-    if applied.get(APPLIED_ANNOTATION) == digest and not observed.resync:
+    if revision and applied.get(APPLIED_ANNOTATION) == digest and not observed.resync:
         return
     decision.secrets.append(secret)
-    decision.apply += [service, deployment]
+    decision.apply += [candidate, *([service] if service else [])]
+    if revision:
+        decision.apply.append(deployment)
     if pdb:
         decision.apply.append(_owned(pdb, body))
     else:
         decision.delete.append(("PodDisruptionBudget", service_name(resource.metadata.name)))
+
+
+def _keep_previous_endpoint(status: _Status, prepared: Prepared) -> str:
+    """While a new revision is checked (or was refused), clients keep the promoted one: its
+    endpoints stay in status. Returns a clause that says so, or ''."""
+    serving = status.previous.serving_plan_hash
+    if not serving:
+        return ""
+    endpoints = endpoints_of(prepared.resource)
+    status.new.endpoint, status.new.endpoints = endpoints.http, endpoints
+    return f"; plan {short_hash(serving)} keeps serving"
+
+
+def _carry_serving_metrics(status: _Status, plan_hash: str) -> None:
+    """What the smoke test and the served-model evaluation measured on this plan's revision:
+    kept while the plan stays (the published metrics hold neither)."""
+    previous = status.previous.metrics
+    if previous is None or status.previous.plan_hash != plan_hash:
+        return
+    metrics = status.new.metrics or MetricsStatus()
+    metrics.latency_ms = metrics.latency_ms or previous.latency_ms
+    metrics.served = previous.served
+    metrics.performance = previous.performance
+    status.new.metrics = metrics
+
+
+def _check_failed(status: _Status, prepared: Prepared, observed: Observed) -> str | None:
+    """The message when the current plan's revision failed its served-model evaluation (it is
+    then taken down and never promoted), else None. The failed check Job is the record."""
+    if observed.check_job is None:
+        return None
+    view = view_job(observed.check_job, observed.check_job_pods)
+    if view.state != "Failed":
+        return None
+    _record_check(status, view.result)
+    name = observed.check_job["metadata"]["name"]
+    why = view.message
+    if view.reason == "DeadlineExceeded":
+        why = CHECK_DEADLINE_MESSAGE
+    message = (
+        f"plan {short_hash(prepared.plan_hash)} was not promoted: {why}"
+        f"{_keep_previous_endpoint(status, prepared)}; change the spec, or delete Job {name} "
+        "to evaluate it again"
+    )
+    status.condition(SERVING_VALIDATED, "False", view.reason, message)
+    status.stalled("Failed", view.reason, message)
+    return message
+
+
+def _record_check(status: _Status, result: JobResult | None) -> None:
+    if result is None or result.serving is None:
+        return
+    metrics = status.new.metrics or MetricsStatus()
+    metrics.served = [ServedTaskStatus.from_task(t) for t in result.serving.tasks] or None
+    metrics.performance = [
+        ServedLevelStatus.from_level(level) for level in result.serving.performance
+    ] or None
+    status.new.metrics = metrics
+
+
+def _serving_check(
+    decision: Decision, status: _Status, prepared: Prepared, observed: Observed,
+    config: OperatorConfig,
+) -> bool:  # fmt: skip
+    """Run the served-model evaluation of the current plan's revision; True once it passed."""
+    resource, plan = prepared.resource, prepared.plan
+    job = observed.check_job
+    if job is None:
+        decision.create += [
+            # Absent when the plan was published before (no optimization Job made it).
+            _owned(build_plan_configmap(resource, plan), prepared.body),
+            _owned(build_serving_check_job(resource, plan, config), prepared.body),
+        ]
+        message = "evaluating the new revision as served"
+    else:
+        view = view_job(job, observed.check_job_pods)
+        if view.state == "Succeeded" and view.result is None:
+            # Exit 0 alone is not a verdict (a wrong image or command exits 0 too).
+            message = (
+                f"Job {job['metadata']['name']} succeeded but left no readable result: the "
+                "new revision is not promoted; check the job image"
+                + _keep_previous_endpoint(status, prepared)
+            )
+            status.condition(SERVING_VALIDATED, "False", "ResultMissing", message)
+            status.stalled("Failed", "ResultMissing", message)
+            return False
+        if view.state == "Succeeded":
+            _record_check(status, view.result)
+            status.condition(
+                SERVING_VALIDATED, "True", "ServingValidated", _validated_message(view.result)
+            )
+            return True
+        message = "evaluating the new revision as served"
+        if view.state != "Running":
+            message = f"{message}: {view.message}"
+        if view.state == "Blocked":
+            status.stalled("Deploying", view.reason, message + _keep_previous_endpoint(
+                status, prepared))  # fmt: skip
+            return False
+    status.condition(SERVING_VALIDATED, "False", "Evaluating", message)
+    status.working("Deploying", "EvaluatingServing", message + _keep_previous_endpoint(
+        status, prepared))  # fmt: skip
+    decision.requeue_after = config.poll_seconds
+    return False
+
+
+def _validated_message(result: JobResult | None) -> str:
+    serving = result.serving if result else None
+    if serving is None:
+        return "the served-model evaluation passed"
+    parts = [
+        f"{t.name} {t.metric} {t.served:.3f} served, {t.in_process:.3f} in process"
+        for t in serving.tasks
+        if t.served is not None
+    ]
+    if serving.performance:
+        best = max(serving.performance, key=lambda level: level.output_tokens_per_second)
+        parts.append(f"{best.output_tokens_per_second:.1f} tok/s at concurrency {best.concurrency}")
+    return "served-model evaluation passed: " + ("; ".join(parts) or "nothing to score")
 
 
 def _serve(
@@ -542,77 +688,141 @@ def _serve(
     config: OperatorConfig,
     published: Published,
 ) -> Decision:
-    """Artifacts are published: roll out Triton, smoke-test it, report Ready."""
-    resource = prepared.resource
-    plan_hash = prepared.plan_hash
+    """Artifacts are published: roll out the plan's Triton revision, check it through the
+    candidate Service (smoke test, then the served-model evaluation when the spec asks), and
+    promote it to the clients' Service. Until then the promoted revision keeps serving; a
+    revision that fails its evaluation is taken down and the promoted one keeps serving."""
+    resource, plan_hash = prepared.resource, prepared.plan_hash
     serving = resource.spec.serving
     decision = Decision(status={})
-    _serving_children(decision, prepared, observed, config, published, status)
-    endpoints = endpoints_of(resource)
-    endpoint = endpoints.http
-    if serving.replicas == 0:
-        status.condition(DEPLOYED, "True", "ScaledToZero", "serving is scaled to 0 replicas")
-        status.ready("ScaledToZero", "published; serving is scaled to 0 replicas")
-        return decision
-    done, message = _rollout(observed.deployment, plan_hash, serving.replicas)
-    if not done:
-        failed = _init_failure(observed.serving_pods)
-        if failed:
-            message = f"Triton cannot start: {failed}"
-            status.condition(DEPLOYED, "False", "TritonInitFailed", message)
-            status.stalled("Deploying", "TritonInitFailed", message)
-            decision.requeue_after = config.poll_seconds
+    promoted = status.previous.serving_plan_hash
+    _carry_serving_metrics(status, plan_hash)
+    if promoted == plan_hash or serving.replicas == 0:
+        _serving_children(
+            decision, prepared, observed, config, published, status, promoted=plan_hash
+        )
+        if serving.replicas == 0:
+            status.condition(DEPLOYED, "True", "ScaledToZero", "serving is scaled to 0 replicas")
+            status.ready("ScaledToZero", "published; serving is scaled to 0 replicas")
             return decision
-        waiting = _unschedulable(observed.serving_pods)
-        if waiting:
-            message = f"{message}; Triton cannot be scheduled: {waiting}"
-        status.condition(DEPLOYED, "False", "RollingOut", message)
-        if message.startswith("Triton did not become ready"):
-            status.stalled("Deploying", "TritonNotReady", message)
-        else:
-            status.working("Deploying", "RollingOut", message)
-        decision.requeue_after = config.poll_seconds
+        return _serving_promoted(decision, status, prepared, observed, config)
+    if _check_failed(status, prepared, observed):
+        _serving_children(
+            decision, prepared, observed, config, published, status,
+            promoted=promoted, revision=False,
+        )  # fmt: skip
+        decision.delete.append(("Deployment", deployment_name(resource.metadata.name, plan_hash)))
         return decision
-    status.condition(DEPLOYED, "True", "RolledOut", message)
-    status.new.endpoint = endpoint
-    status.new.endpoints = endpoints
+    passed = (
+        _revision_ready(decision, status, prepared, observed, config)
+        and (
+            status.new.smoke_tested_plan_hash == plan_hash
+            or _smoke_tested(decision, status, prepared, observed, config)
+        )
+        and (
+            not needs_serving_check(prepared.plan)
+            or _serving_check(decision, status, prepared, observed, config)
+        )
+    )
+    # Promotion: the clients' Service selects this revision, and the others go.
+    _serving_children(
+        decision, prepared, observed, config, published, status,
+        promoted=plan_hash if passed else promoted,
+    )  # fmt: skip
+    if not passed:
+        return decision
+    status.new.serving_plan_hash = plan_hash
+    return _serving_promoted(decision, status, prepared, observed, config)
+
+
+def _serving_promoted(
+    decision: Decision, status: _Status, prepared: Prepared, observed: Observed,
+    config: OperatorConfig,
+) -> Decision:  # fmt: skip
+    """The current plan's revision is what clients get: Ready once it is rolled out."""
+    if not _revision_ready(decision, status, prepared, observed, config):
+        return decision
+    endpoints = endpoints_of(prepared.resource)
+    status.new.endpoint, status.new.endpoints = endpoints.http, endpoints
+    # A revision promoted before a restart, or a rollout of a changed pod template.
+    decision.delete += [("Deployment", name) for name in observed.other_revisions]
+    smoke = prepared.resource.spec.serving.smoke_test
+    reason = "Deployed" if smoke is not None and not smoke.enabled else "SmokeTestPassed"
+    detail = " (smoke test disabled)" if reason == "Deployed" else ""
+    status.ready(reason, f"serving at {endpoints.http}{detail}")
+    return decision
+
+
+def _revision_ready(
+    decision: Decision, status: _Status, prepared: Prepared, observed: Observed,
+    config: OperatorConfig,
+) -> bool:  # fmt: skip
+    """Whether the current plan's revision is rolled out; if not, say why in status."""
+    replicas = prepared.resource.spec.serving.replicas
+    done, message = _rollout(observed.deployment, prepared.plan_hash, replicas)
+    if done:
+        status.condition(DEPLOYED, "True", "RolledOut", message)
+        return True
+    decision.requeue_after = config.poll_seconds
+    failed = _init_failure(observed.serving_pods)
+    if failed:
+        message = f"Triton cannot start: {failed}" + _keep_previous_endpoint(status, prepared)
+        status.condition(DEPLOYED, "False", "TritonInitFailed", message)
+        status.stalled("Deploying", "TritonInitFailed", message)
+        return False
+    waiting = _unschedulable(observed.serving_pods)
+    if waiting:
+        message = f"{message}; Triton cannot be scheduled: {waiting}"
+    message += _keep_previous_endpoint(status, prepared)
+    status.condition(DEPLOYED, "False", "RollingOut", message)
+    if message.startswith("Triton did not become ready"):
+        status.stalled("Deploying", "TritonNotReady", message)
+    else:
+        status.working("Deploying", "RollingOut", message)
+    return False
+
+
+def _smoke_tested(
+    decision: Decision, status: _Status, prepared: Prepared, observed: Observed,
+    config: OperatorConfig,
+) -> bool:  # fmt: skip
+    """Send the smoke request to the new revision (through the candidate Service), or read its
+    answer; True once it passed (or the spec turned it off)."""
+    resource, plan_hash = prepared.resource, prepared.plan_hash
+    serving = resource.spec.serving
     smoke = serving.smoke_test
     if smoke is not None and not smoke.enabled:
-        status.new.serving_plan_hash = plan_hash
-        status.ready("Deployed", f"serving at {endpoint} (smoke test disabled)")
-        return decision
-    if status.previous.serving_plan_hash == plan_hash and observed.smoke is None:
-        status.ready("SmokeTestPassed", f"serving at {endpoint}")
-        return decision
+        return True
     if observed.smoke is None or observed.smoke.plan_hash != plan_hash:
-        prompt = smoke.prompt if smoke else "The capital of France is"
-        max_tokens = smoke.max_tokens if smoke else 16
         decision.smoke = SmokeRequest(
-            endpoint=config.smoke_endpoint or endpoint,
+            endpoint=config.smoke_endpoint or candidate_http(resource),
             model_name=serving.model_name,
-            prompt=prompt,
-            max_tokens=max_tokens,
+            prompt=smoke.prompt if smoke else "The capital of France is",
+            max_tokens=smoke.max_tokens if smoke else 16,
             plan_hash=plan_hash,
         )
-        status.working("Deploying", "SmokeTesting", "sending a generation request to Triton")
-        return decision
-    if not observed.smoke.ok:
-        status.condition(SMOKE_TESTED, "False", "SmokeTestFailed", observed.smoke.message)
         status.working(
             "Deploying",
-            "SmokeTestFailed",
-            f"Triton is up but the smoke test failed: {observed.smoke.message}",
+            "SmokeTesting",
+            "sending a generation request to the new revision"
+            + _keep_previous_endpoint(status, prepared),
+        )
+        return False
+    if not observed.smoke.ok:
+        message = f"Triton is up but the smoke test failed: {observed.smoke.message}"
+        status.condition(SMOKE_TESTED, "False", "SmokeTestFailed", observed.smoke.message)
+        status.working(
+            "Deploying", "SmokeTestFailed", message + _keep_previous_endpoint(status, prepared)
         )
         decision.requeue_after = max(config.poll_seconds, 30.0)
-        return decision
+        return False
     status.condition(SMOKE_TESTED, "True", "SmokeTestPassed", observed.smoke.message)
-    status.new.serving_plan_hash = plan_hash
+    status.new.smoke_tested_plan_hash = plan_hash
     if observed.smoke.latency_ms is not None:
         metrics = status.new.metrics or MetricsStatus()
         metrics.latency_ms = round(observed.smoke.latency_ms, 1)
         status.new.metrics = metrics
-    status.ready("SmokeTestPassed", f"serving at {endpoint}")
-    return decision
+    return True
 
 
 def decide(prepared: Prepared, observed: Observed, config: OperatorConfig, now: str) -> Decision:

@@ -17,6 +17,8 @@ from kiln_jobs.manifest import (
     CheckpointInfo,
     Metrics,
     Progress,
+    ServedLevel,
+    ServedTask,
     Speculation,
     StageResult,
 )
@@ -33,6 +35,8 @@ __all__ = [
     "ModelOptimizationStatus",
     "Phase",
     "ProgressStatus",
+    "ServedLevelStatus",
+    "ServedTaskStatus",
     "SpeculationStatus",
     "StageStatus",
     "TaskResultStatus",
@@ -42,6 +46,8 @@ Phase = Literal["Pending", "Queued", "Optimizing", "Deploying", "Ready", "Failed
 # Decimals kept in status: what a person compares, not float noise.
 _DIGITS = {"degradation_percent": 2, "perplexity": 3, "baseline_perplexity": 3}
 _DERIVED_METRICS = {"compression_ratio", "speedup"}
+# Measured on the served revision by its check Job, not by the optimization Job.
+_SERVED_METRICS = {"served", "performance"}
 
 
 class Condition(KilnModel):
@@ -122,6 +128,60 @@ class TaskResultStatus(KilnModel):
     threshold)."""
 
 
+class ServedTaskStatus(KilnModel):
+    """One task scored again on the served revision (evaluation.served), against the published
+    model's in-process score."""
+
+    name: str
+    """The task."""
+    metric: str
+    """The metric compared, e.g. exact_match."""
+    in_process: float
+    """The published model's score, measured by the optimization Job."""
+    served: float | None = None
+    """The score through the served endpoint; absent when the task cannot be scored there."""
+    samples: int = 0
+    """Samples scored through the served endpoint."""
+    passed: bool
+    """Whether the served score is within evaluation.served.maxDrop of the in-process one."""
+    skipped: str | None = None
+    """Why the task was not scored through the served endpoint."""
+
+    @classmethod
+    def from_task(cls, task: ServedTask) -> ServedTaskStatus:
+        """The check Job's record of one task."""
+        return cls.model_validate(task.model_dump())
+
+
+class ServedLevelStatus(KilnModel):
+    """Latency and throughput of the served revision at one concurrency level
+    (evaluation.performance)."""
+
+    concurrency: int
+    """Requests in flight."""
+    requests: int
+    """Requests measured at this level."""
+    ttft_p50_ms: float
+    """Median time to first token, in milliseconds."""
+    ttft_p95_ms: float
+    """95th-percentile time to first token, in milliseconds."""
+    itl_p50_ms: float | None = None
+    """Median inter-token latency, in milliseconds."""
+    latency_p50_ms: float | None = None
+    """Median request latency, in milliseconds."""
+    latency_p95_ms: float | None = None
+    """95th-percentile request latency, in milliseconds."""
+    output_tokens_per_second: float
+    """Output tokens per second over all requests in flight."""
+    requests_per_second: float
+    """Requests completed per second."""
+
+    @classmethod
+    def from_level(cls, level: ServedLevel) -> ServedLevelStatus:
+        """The check Job's record of one level."""
+        return cls.model_validate(level.model_dump())
+
+
 class MetricsStatus(KilnModel):
     """Baseline against optimized, as measured by the job."""
 
@@ -154,6 +214,11 @@ class MetricsStatus(KilnModel):
     """Throughput relative to the original model, when measured."""
     tasks: list[TaskResultStatus] | None = None
     """lm-evaluation-harness tasks (spec.evaluation.tasks), original against optimized."""
+    served: list[ServedTaskStatus] | None = None
+    """The generative tasks scored again on the served revision (spec.evaluation.served)."""
+    performance: list[ServedLevelStatus] | None = None
+    """The served revision's latency and throughput per concurrency level
+    (spec.evaluation.performance)."""
 
     @classmethod
     def from_metrics(cls, metrics: Metrics) -> MetricsStatus:
@@ -169,7 +234,7 @@ class MetricsStatus(KilnModel):
 
     def to_metrics(self) -> Metrics:
         """The job's record of the measurements (derived ratios dropped)."""
-        return Metrics.model_validate(self.model_dump(exclude=_DERIVED_METRICS))
+        return Metrics.model_validate(self.model_dump(exclude=_DERIVED_METRICS | _SERVED_METRICS))
 
 
 class AttemptStatus(KilnModel):
@@ -315,7 +380,10 @@ class ModelOptimizationStatus(KilnModel):
     speculation: SpeculationStatus | None = None
     """The speculative-decoding draft and whether it is served."""
     serving_plan_hash: str | None = None
-    """Plan hash of the model Triton serves now (lags planHash during a rollout)."""
+    """Plan hash of the revision clients are served now (lags planHash until a new revision
+    has passed its checks and is promoted)."""
+    smoke_tested_plan_hash: str | None = None
+    """Plan hash of the revision that last passed the smoke test."""
     serving_runtime: Runtime | None = None
     """How Triton serves the plan: TensorRT-LLM engines, TensorRT-LLM's LLM API (PyTorch), or
     the Python backend on PyTorch."""

@@ -183,15 +183,16 @@ class _Claims:
     writable: set[str] = field(default_factory=set)
 
 
-def pvc_mounts(plan: Plan) -> tuple[list[Obj], list[Obj]]:
-    """(volumes, mounts) for every PVC a Plan touches; only the store's claim is writable."""
+def pvc_mounts(plan: Plan, *, writable_store: bool = True) -> tuple[list[Obj], list[Obj]]:
+    """(volumes, mounts) for every PVC a Plan touches; only the store's claim is writable, and
+    only to the Job that publishes (`writable_store`)."""
     claims = _Claims()
     for uri in input_uris(plan):
         if uri.startswith("pvc://"):
             claims.read_only.add(split_store(uri).root)
     store = split_store(plan.output.store)
     if store.scheme == "pvc":
-        claims.writable.add(store.root)
+        (claims.writable if writable_store else claims.read_only).add(store.root)
     volumes: list[Obj] = []
     mounts: list[Obj] = []
     for index, claim in enumerate(sorted(claims.read_only | claims.writable)):

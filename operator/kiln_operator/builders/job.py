@@ -28,7 +28,7 @@ from kiln_operator.builders.common import (
 from kiln_operator.config import OperatorConfig
 from kiln_operator.naming import child_labels, job_name, plan_configmap_name
 
-__all__ = ["QUEUE_LABEL", "build_job", "build_plan_configmap"]
+__all__ = ["QUEUE_LABEL", "build_job", "build_plan_configmap", "job_env", "pod_failure_policy"]
 
 Obj = dict[str, Any]
 
@@ -76,7 +76,7 @@ def _workdir(plan: Plan, size_limit: str | None) -> tuple[str, list[Obj], list[O
     )
 
 
-def _env(resource: ModelOptimization, plan: Plan) -> tuple[list[Obj], list[Obj]]:
+def job_env(resource: ModelOptimization, plan: Plan) -> tuple[list[Obj], list[Obj]]:
     """(env, envFrom): settings by value, credentials by Secret reference only."""
     env: list[Obj] = [
         {"name": PVC_ROOT_ENV, "value": PVC_ROOT},
@@ -136,7 +136,9 @@ def _scheduling(resource: ModelOptimization, config: OperatorConfig) -> Obj:
     return pod
 
 
-def _pod_failure_policy() -> Obj:
+def pod_failure_policy(container: str) -> Obj:
+    """Retry what the cluster did to a pod; fail at once on what the pod's own code says a
+    retry cannot fix (ExitCode.permanent: a bad spec, a failed gate, missing credentials)."""
     return {
         "rules": [
             # Preemption, eviction, node drains: retry without counting against backoffLimit.
@@ -146,7 +148,7 @@ def _pod_failure_policy() -> Obj:
             {
                 "action": "FailJob",
                 "onExitCodes": {
-                    "containerName": JOB_CONTAINER,
+                    "containerName": container,
                     "operator": "In",
                     "values": sorted(int(code) for code in ExitCode.permanent()),
                 },
@@ -176,7 +178,7 @@ def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -
     workdir, work_volumes, work_mounts = _workdir(plan, disk)
     scratch, scratch_mounts = scratch_volumes(disk)
     claims, claim_mounts = pvc_mounts(plan)
-    env, env_from = _env(resource, plan)
+    env, env_from = job_env(resource, plan)
     job_labels, pod_labels = _labels(resource, plan, config)
     container = kiln_container(
         JOB_CONTAINER,
@@ -220,7 +222,7 @@ def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -
     job_spec: Obj = {
         "backoffLimit": resource.spec.scheduling.retries,
         "activeDeadlineSeconds": parse_duration_seconds(resource.spec.scheduling.timeout),
-        "podFailurePolicy": _pod_failure_policy(),
+        "podFailurePolicy": pod_failure_policy(JOB_CONTAINER),
         "template": {
             "metadata": {
                 "labels": pod_labels,

@@ -1,7 +1,11 @@
-"""Triton Inference Server in front of a published plan: Deployment, Service, PDB, admin key.
+"""Triton Inference Server in front of a published plan: Deployments, Services, PDB, admin key.
 
-The Deployment's name is stable and its pod template carries the plan hash, so a new plan is a
-rolling update: the old model keeps serving until pods with the new one are Ready.
+Each plan is served by its own Deployment (a revision, named after the plan hash). Clients use
+the Service, which selects the promoted revision's pods; the candidate Service selects the
+current plan's. A new plan's revision starts beside the one serving, is smoke-tested (and, when
+the spec asks, evaluated as served) through the candidate Service, and is promoted by moving the
+Service's selector: the old model serves until the new one has passed, and keeps serving if it
+does not.
 """
 
 from __future__ import annotations
@@ -34,13 +38,23 @@ from kiln_operator.builders.common import (
 from kiln_operator.config import OperatorConfig
 from kiln_operator.naming import (
     admin_secret_name,
+    candidate_service_name,
     child_labels,
     deployment_name,
     selector_labels,
     service_name,
+    serving_selector,
 )
 
-__all__ = ["build_admin_secret", "build_deployment", "build_pdb", "build_service", "endpoints_of"]
+__all__ = [
+    "build_admin_secret",
+    "build_candidate_service",
+    "build_deployment",
+    "build_pdb",
+    "build_service",
+    "candidate_http",
+    "endpoints_of",
+]
 
 Obj = dict[str, Any]
 
@@ -312,15 +326,16 @@ def build_deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": deployment_name(name),
+            "name": deployment_name(name, plan_hash),
             "namespace": resource.metadata.namespace,
             "labels": labels,
             "annotations": _checkpoint_annotations(checkpoint),
         },
         "spec": {
             "replicas": spec.serving.replicas,
-            "selector": {"matchLabels": selector_labels(name, "serving")},
-            # Never drop below the desired count: the old model serves until the new is Ready.
+            "selector": {"matchLabels": serving_selector(name, plan_hash)},
+            # A changed pod template (image, resources) of the same plan: never below the
+            # desired count while the new pods start.
             "strategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
@@ -340,8 +355,7 @@ def build_deployment(
     }
 
 
-def build_service(resource: ModelOptimization) -> Obj:
-    """The Service clients use: http, grpc and metrics ports, and openai when it runs."""
+def _triton_service(resource: ModelOptimization, service_name_: str, plan_hash: str) -> Obj:
     name = resource.metadata.name
     service = _service(resource)
     ports = _ports(resource)
@@ -351,19 +365,33 @@ def build_service(resource: ModelOptimization) -> Obj:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": service_name(name),
+            "name": service_name_,
             "namespace": resource.metadata.namespace,
             "labels": child_labels(name, "serving"),
         },
         "spec": {
             "type": service.type,
-            "selector": selector_labels(name, "serving"),
+            "selector": serving_selector(name, plan_hash),
             "ports": [
                 {"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]}
                 for p in ports
             ],
         },
     }
+
+
+def build_service(resource: ModelOptimization, promoted_hash: str) -> Obj:
+    """The Service clients use: the promoted revision's http, grpc and metrics ports, and
+    openai when it runs."""
+    return _triton_service(resource, service_name(resource.metadata.name), promoted_hash)
+
+
+def build_candidate_service(resource: ModelOptimization, plan_hash: str) -> Obj:
+    """The Service in front of the current plan's revision, for the checks before promotion
+    (always ClusterIP: only the operator and its check Job use it)."""
+    service = _triton_service(resource, candidate_service_name(resource.metadata.name), plan_hash)
+    service["spec"]["type"] = "ClusterIP"
+    return service
 
 
 def build_pdb(resource: ModelOptimization) -> Obj | None:
@@ -384,6 +412,12 @@ def build_pdb(resource: ModelOptimization) -> Obj | None:
             "selector": {"matchLabels": selector_labels(name, "serving")},
         },
     }
+
+
+def candidate_http(resource: ModelOptimization) -> str:
+    """Triton's HTTP endpoint of the current plan's revision, promoted or not."""
+    host = f"{candidate_service_name(resource.metadata.name)}.{resource.metadata.namespace}.svc"
+    return f"http://{host}:{_service(resource).http_port}"
 
 
 def endpoints_of(resource: ModelOptimization) -> EndpointsStatus:

@@ -10,10 +10,17 @@ from typing import Any
 
 import pytest
 
-from kiln_jobs.manifest import CheckpointInfo, Manifest, Metrics
+from kiln_jobs.manifest import (
+    CheckpointInfo,
+    JobResult,
+    Manifest,
+    Metrics,
+    ServedTask,
+    ServingMeasurements,
+)
 from kiln_operator.api import ModelOptimization
 from kiln_operator.compiler import CompileOptions, compile_plan
-from kiln_operator.naming import deployment_name, job_name
+from kiln_operator.naming import HASH_LABEL, deployment_name, job_name, short_hash
 from tests.cluster.kube import Cluster
 from tests.integration.operator.harness import (
     JOB_IMAGE,
@@ -86,7 +93,7 @@ def test_create_to_ready_through_real_controllers(
         c["type"] == "Complete" and c["status"] == "True" for c in jobs[0]["status"]["conditions"]
     )
     assert jobs[0]["metadata"]["ownerReferences"][0]["name"] == "tiny"
-    deployment = kube.get("deployment", deployment_name("tiny"), ns)
+    deployment = kube.get("deployment", deployment_name("tiny", status["planHash"]), ns)
     assert deployment["status"]["availableReplicas"] == 1
     events = [
         e["reason"]
@@ -125,7 +132,7 @@ def test_published_plan_is_served_without_a_job(
     assert condition(obj, "Optimized")["reason"] == "CacheHit"
     assert obj["status"]["metrics"]["degradationPercent"] == 1.85
     assert _items(kube, "jobs", ns) == []
-    deployment = kube.get("deployment", deployment_name("cached"), ns)
+    deployment = kube.get("deployment", deployment_name("cached", plan_hash), ns)
     assert deployment["metadata"]["labels"]["kiln.dev/quant-algo"] == "FP8"
 
 
@@ -139,7 +146,9 @@ def test_spec_changes(kube: Cluster, operator: OperatorProcess, ns: str) -> None
     )
     wait_until(
         "2 replicas",
-        lambda: kube.get("deployment", deployment_name("evolving"), ns)["spec"]["replicas"] == 2,
+        lambda: (
+            kube.get("deployment", deployment_name("evolving", first), ns)["spec"]["replicas"] == 2
+        ),
     )
     obj = _wait_phase(kube, ns, "evolving", "Ready", operator)
     assert obj["status"]["planHash"] == first
@@ -147,7 +156,7 @@ def test_spec_changes(kube: Cluster, operator: OperatorProcess, ns: str) -> None
     assert _items(kube, "poddisruptionbudgets", ns)
 
     # Recipe change: a new plan, a new Job (held running); the old Job is removed.
-    served = kube.get("deployment", deployment_name("evolving"), ns)["spec"]["template"]
+    served = kube.get("deployment", deployment_name("evolving", first), ns)["spec"]["template"]
     held = {"podLabels": {FATE: "run-forever"}}
     body = mopt("evolving", techniques=[{"ptq": {"format": "int8_sq"}}], scheduling=held)
     kube.apply(body, namespace=ns)
@@ -166,13 +175,100 @@ def test_spec_changes(kube: Cluster, operator: OperatorProcess, ns: str) -> None
         assert condition(obj, "Optimized")["status"] == "False", obj["status"]
         assert condition(obj, "Ready")["status"] == "False"
         assert obj["status"]["servingPlanHash"] == first
-        assert kube.get("deployment", deployment_name("evolving"), ns)["spec"]["template"] == served
+        revision = kube.get("deployment", deployment_name("evolving", first), ns)
+        assert revision["spec"]["template"] == served
         time.sleep(1)
     job_pod = kube.pods(ns, f"job-name={running['status']['jobName']}")[0]
     let_the_runner_finish(kube, ns, job_pod["metadata"]["name"])
     obj = _wait_phase(kube, ns, "evolving", "Ready", operator)
     assert obj["status"]["techniques"] == "ptq(int8_sq)"
     assert not _items(kube, "poddisruptionbudgets", ns)
+    # The new plan's revision was promoted; the old one is gone.
+    second = obj["status"]["planHash"]
+    assert obj["status"]["servingPlanHash"] == second
+    wait_until(
+        "only the promoted revision",
+        lambda: (
+            [d["metadata"]["name"] for d in _items(kube, "deployments", ns)]
+            == [deployment_name("evolving", second)]
+        ),
+    )
+    selector = kube.get("service", "evolving-triton", ns)["spec"]["selector"]
+    assert selector[HASH_LABEL] == short_hash(second)
+
+
+def _check_pod(kube: Cluster, ns: str, name: str, plan_hash: str) -> str:
+    """The running pod of the served-model evaluation Job of `plan_hash`'s revision."""
+    selector = f"app.kubernetes.io/component=validate,{HASH_LABEL}={short_hash(plan_hash)}"
+
+    def running() -> str | None:
+        pods = [p for p in kube.pods(ns, selector) if p["status"].get("phase") == "Running"]
+        return pods[0]["metadata"]["name"] if pods else None
+
+    return wait_until(f"the check Job of {name}", running)
+
+
+def _verdict(plan_hash: str, served: float) -> str:
+    """What `kiln_jobs validate-serving` writes as its termination message. The check Job runs
+    no Triton client here (kwok runs no Triton); tests/integration/serving has the real one."""
+    passed = served >= 0.35
+    task = ServedTask(name="cloze", metric="exact_match", in_process=0.4, served=served,
+                      samples=40, passed=passed)  # fmt: skip
+    return JobResult(
+        ok=passed, plan_hash=plan_hash,
+        reason=None if passed else "ServingRegression",
+        message=None if passed else "the served model scores below the published one: cloze",
+        serving=ServingMeasurements(tasks=[task]),
+    ).to_termination_message()  # fmt: skip
+
+
+def test_a_revision_serves_clients_only_after_its_served_evaluation(
+    kube: Cluster, operator: OperatorProcess, ns: str
+) -> None:
+    evaluation = {
+        "tasks": [{"name": "cloze", "source": "pvc://artifacts/tasks", "metric": "exact_match"}],
+        "served": {"maxDrop": 0.05},
+    }
+    # The check Job's pod gets the resource's pod labels: held running until the test decides.
+    kube.apply(mopt("guarded", evaluation=evaluation), namespace=ns)
+    first = wait_until(
+        "the first plan", lambda: status_of(kube, ns, "guarded").get("status", {}).get("planHash")
+    )
+    pod = _check_pod(kube, ns, "guarded", first)
+    obj = status_of(kube, ns, "guarded")
+    assert condition(obj, "ServingValidated")["reason"] == "Evaluating"
+    assert obj["status"].get("servingPlanHash") is None
+    kube.set_fate(ns, pod, "succeed", message=_verdict(first, 0.4))
+    obj = _wait_phase(kube, ns, "guarded", "Ready", operator)
+    assert obj["status"]["servingPlanHash"] == first
+    assert obj["status"]["metrics"]["served"][0]["served"] == 0.4
+    assert condition(obj, "ServingValidated")["status"] == "True"
+
+    # A new plan whose revision regresses when served: clients keep the first.
+    body = mopt("guarded", evaluation=evaluation, techniques=[{"ptq": {"format": "int8_sq"}}])
+    kube.apply(body, namespace=ns)
+    second = wait_until(
+        "the second plan",
+        lambda: (h := status_of(kube, ns, "guarded")["status"].get("planHash")) != first and h,
+    )
+    pod = _check_pod(kube, ns, "guarded", second)
+    assert len(_items(kube, "deployments", ns)) == 2  # both revisions run meanwhile
+    kube.set_fate(ns, pod, "fail", exit_code="9", message=_verdict(second, 0.2))
+    obj = _wait_phase(kube, ns, "guarded", "Failed", operator)
+    stalled = condition(obj, "Stalled")
+    assert stalled["reason"] == "ServingRegression"
+    assert f"plan {short_hash(first)} keeps serving" in stalled["message"]
+    assert obj["status"]["servingPlanHash"] == first
+    assert obj["status"]["metrics"]["served"][0]["passed"] is False
+    wait_until(
+        "the refused revision gone",
+        lambda: (
+            [d["metadata"]["name"] for d in _items(kube, "deployments", ns)]
+            == [deployment_name("guarded", first)]
+        ),
+    )
+    selector = kube.get("service", "guarded-triton", ns)["spec"]["selector"]
+    assert selector[HASH_LABEL] == short_hash(first)
 
 
 def test_runner_user_error_fails_at_once_with_its_reason(

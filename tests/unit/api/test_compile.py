@@ -300,7 +300,7 @@ def test_a_local_task_source_is_refused_in_cluster() -> None:
     )
 
 
-def test_the_served_evaluation_compiles_for_kiln_run_and_leaves_the_hash_alone() -> None:
+def test_the_served_evaluation_compiles_and_leaves_the_hash_alone() -> None:
     tasks = [{"name": "qa", "source": "file:///tasks/qa", "metric": "exact_match"}]
     local = CompileOptions(target="local", default_store="file:///tmp/a")
     plain = compile_plan(_spec(evaluation={"tasks": tasks}), name="m", options=local)
@@ -310,14 +310,16 @@ def test_the_served_evaluation_compiles_for_kiln_run_and_leaves_the_hash_alone()
     assert served.evaluation.served is not None and served.evaluation.served.max_drop == 0.025
     # It judges serving, not the recipe: the published artifacts are the same.
     assert served.hash() == plain.hash()
-    cluster_spec = _spec(evaluation={"tasks": [{"name": "qa"}], "served": {}})
+    cluster = _plan(_spec(evaluation={"tasks": [{"name": "qa"}], "served": {}}))
+    assert cluster.evaluation.served is not None
+    off = _spec(evaluation={"tasks": [{"name": "qa"}], "served": {}}, serving={"enabled": False})
     with pytest.raises(CompileError) as error:
-        _plan(cluster_spec)
+        _plan(off)
     assert error.value.path == "spec.evaluation.served"
-    assert "kiln run only" in str(error.value)
+    assert "serving is off" in str(error.value)
 
 
-def test_the_performance_measurement_compiles_for_kiln_run_and_leaves_the_hash_alone() -> None:
+def test_the_performance_measurement_compiles_and_leaves_the_hash_alone() -> None:
     local = CompileOptions(target="local", default_store="file:///tmp/a")
     plain = compile_plan(_spec(), name="m", options=local)
     spec = _spec(evaluation={"performance": {"concurrency": [1, 8], "maxTokens": 64}})
@@ -330,9 +332,15 @@ def test_the_performance_measurement_compiles_for_kiln_run_and_leaves_the_hash_a
         64,
     )
     assert measured.hash() == plain.hash()
-    with pytest.raises(CompileError) as error:
-        _plan(_spec(evaluation={"performance": {}}))
-    assert error.value.path == "spec.evaluation.performance"
+    assert performance.baseline  # kiln run serves the original too, by default
+    # A cluster measures the revision alone; asking for the comparison there is refused.
+    in_cluster = _plan(_spec(evaluation={"performance": {}})).evaluation.performance
+    assert in_cluster is not None and not in_cluster.baseline
+    for asked in ({"baseline": True}, {"baseline": True, "minSpeedup": 1.5}):
+        with pytest.raises(CompileError) as error:
+            _plan(_spec(evaluation={"performance": asked}))
+        assert error.value.path == "spec.evaluation.performance.baseline"
+        assert "kiln run only" in str(error.value)
     with pytest.raises(ValidationError):
         _spec(evaluation={"performance": {"concurrency": [0]}})
 

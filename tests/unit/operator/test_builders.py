@@ -11,8 +11,15 @@ from kiln_jobs.errors import ExitCode
 from kiln_jobs.plan import Plan
 from kiln_jobs.serving.repository import Runtime
 from kiln_operator.builders.job import build_job, build_plan_configmap
-from kiln_operator.builders.serving import build_deployment, build_pdb, build_service
+from kiln_operator.builders.serving import (
+    build_candidate_service,
+    build_deployment,
+    build_pdb,
+    build_service,
+    candidate_http,
+)
 from kiln_operator.config import OperatorConfig
+from kiln_operator.naming import HASH_LABEL, short_hash
 from kiln_operator.reconcile import Prepared, prepare
 from tests.unit.operator.conftest import make_body
 
@@ -244,18 +251,37 @@ def test_gpus_follow_tensor_parallelism(config: OperatorConfig) -> None:
     assert "nvidia.com/gpu" not in json.dumps(cpu_only["spec"]["template"]["spec"]["containers"])
 
 
-def test_a_new_plan_changes_the_pod_template(config: OperatorConfig) -> None:
+def test_a_new_plan_is_a_new_revision_beside_the_one_serving(config: OperatorConfig) -> None:
     a = _deployment(config)
     b = _deployment(config, techniques=[{"ptq": {"format": "int8_sq"}}])
-    assert a["metadata"]["name"] == b["metadata"]["name"]
-    assert a["spec"]["template"] != b["spec"]["template"]
-    assert a["spec"]["selector"] == b["spec"]["selector"]
+    hash_a, hash_b = (d["metadata"]["labels"][HASH_LABEL] for d in (a, b))
+    assert hash_a != hash_b
+    assert a["metadata"]["name"] == f"smollm2-triton-{hash_a}"
+    assert b["metadata"]["name"] == f"smollm2-triton-{hash_b}"
+    # Each revision selects only its own pods, so two run side by side without fighting.
+    assert a["spec"]["selector"]["matchLabels"][HASH_LABEL] == hash_a
+    assert b["spec"]["template"]["metadata"]["labels"][HASH_LABEL] == hash_b
+
+
+def test_the_clients_service_selects_the_promoted_revision(config: OperatorConfig) -> None:
+    config = config.model_copy(update={"allowed_service_types": ["ClusterIP", "NodePort"]})
+    prepared = _prepared(config, serving={"service": {"type": "NodePort"}})
+    service = build_service(prepared.resource, "a" * 16)
+    candidate = build_candidate_service(prepared.resource, prepared.plan_hash)
+    assert service["metadata"]["name"] == "smollm2-triton"
+    assert service["spec"]["selector"][HASH_LABEL] == "a" * 10
+    assert service["spec"]["type"] == "NodePort"
+    assert candidate["metadata"]["name"] == "smollm2-triton-candidate"
+    assert candidate["spec"]["selector"][HASH_LABEL] == short_hash(prepared.plan_hash)
+    assert candidate["spec"]["type"] == "ClusterIP"  # only the operator and its Job use it
+    assert candidate["spec"]["ports"] == service["spec"]["ports"]
+    assert candidate_http(prepared.resource) == "http://smollm2-triton-candidate.team-a.svc:8000"
 
 
 def test_service_and_pdb(config: OperatorConfig) -> None:
     config = config.model_copy(update={"allowed_service_types": ["ClusterIP", "LoadBalancer"]})
     prepared = _prepared(config, serving={"replicas": 2, "service": {"type": "LoadBalancer"}})
-    service = build_service(prepared.resource)
+    service = build_service(prepared.resource, prepared.plan_hash)
     assert service["spec"]["type"] == "LoadBalancer"
     assert [p["name"] for p in service["spec"]["ports"]] == ["http", "grpc", "metrics", "openai"]
     assert [p["port"] for p in service["spec"]["ports"]] == [8000, 8001, 8002, 9000]
@@ -283,7 +309,7 @@ def test_the_openai_endpoint_runs_beside_triton(config: OperatorConfig) -> None:
     assert {m["mountPath"] for m in openai["volumeMounts"]} >= {"/kiln/model", "/tmp"}
     assert_restricted(pod)
     without = _prepared(config, serving={"openaiEndpoint": False})
-    service = build_service(without.resource)
+    service = build_service(without.resource, without.plan_hash)
     assert "openai" not in [p["name"] for p in service["spec"]["ports"]]
     lone = build_deployment(
         without.resource, without.plan, checkpoint=None, runtime="python", config=config

@@ -48,7 +48,7 @@ def _deployment(prepared: Prepared, *, available: int = 1, ready_hash: bool = Tr
     hash_label = short_hash(prepared.plan_hash) if ready_hash else "0000000000"
     return {
         "metadata": {
-            "name": deployment_name("smollm2"),
+            "name": deployment_name("smollm2", prepared.plan_hash),
             "generation": 2,
             "labels": {HASH_LABEL: hash_label},
         },
@@ -259,11 +259,14 @@ def test_the_smoke_test_asks_for_the_resources_model_on_every_backend(
     observed.deployment = _deployment(prepared)
     decision = decide(prepared, observed, config, NOW)
     assert decision.smoke is not None
-    assert decision.smoke.endpoint == "http://smollm2-triton.team-a.svc:8000"
+    # The new revision is tested before clients see it: through the candidate Service.
+    assert decision.smoke.endpoint == "http://smollm2-triton-candidate.team-a.svc:8000"
     assert decision.smoke.model_name == "assistant"
     assert _cond(decision, "Deployed")["status"] == "True"
     assert decision.status["phase"] == "Deploying"
-    assert decision.status["endpoints"] == {
+    assert decision.status["endpoints"] is None  # nothing is promoted yet
+    observed.smoke = SmokeResult(prepared.plan_hash, True, "ok", latency_ms=90.0)
+    assert decide(prepared, observed, config, NOW).status["endpoints"] == {
         "http": "http://smollm2-triton.team-a.svc:8000",
         "grpc": "smollm2-triton.team-a.svc:8001",
         "openai": "http://smollm2-triton.team-a.svc:9000/v1",
