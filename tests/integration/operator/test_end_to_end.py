@@ -27,6 +27,7 @@ from kiln_jobs.local import checkpoint_continuation
 from kiln_jobs.manifest import Manifest
 from kiln_jobs.serving.client import generate
 from kiln_jobs.serving.tritonserver import free_ports
+from kiln_operator.naming import deployment_name
 from tests.cluster.kube import REPO_ROOT, Cluster
 from tests.cluster.nodes import LOCAL_EXEC_NODE_SELECTOR, LOCAL_EXEC_TOLERATION
 from tests.integration.operator.harness import (
@@ -143,7 +144,7 @@ def test_quickstart_from_kubectl_apply_to_a_served_model(
         model = quickstart["spec"].get("serving", {}).get("modelName", "model")
         assert status["endpoints"]["model"] == model
         assert status["endpoints"]["openai"].endswith(f":{openai_port}/v1")
-        deployment = kube.get("deployment", f"{name}-triton", ns)
+        deployment = kube.get("deployment", deployment_name(name, status["planHash"]), ns)
         assert deployment["metadata"]["labels"]["kiln.dev/quant-algo"] == "FP8"
         triton, sidecar = deployment["spec"]["template"]["spec"]["containers"]
         assert "--model-repository=/kiln/model/triton" in triton["args"]

@@ -20,6 +20,7 @@ from tests.integration.operator.harness import (
 )
 
 pytestmark = pytest.mark.integration
+_SERVING = "app.kubernetes.io/component=serving"
 
 
 def _free_port() -> int:
@@ -144,16 +145,10 @@ def test_two_replicas_never_both_act(kube: Cluster, namespace: str, tmp_path: Pa
             mopt("shared", serving={"replicas": 2, "smokeTest": {"enabled": False}}),
             namespace=namespace,
         )
+        serving = ["get", "deployment", "-n", namespace, "-o", "json", "-l", _SERVING]
         wait_until(
             "the standby to scale Triton",
-            lambda: (
-                json.loads(
-                    kube.kubectl(
-                        "get", "deployment", "shared-triton", "-n", namespace, "-o", "json"
-                    ).stdout
-                )["spec"]["replicas"]
-                == 2
-            ),
+            lambda: json.loads(kube.kubectl(*serving).stdout)["items"][0]["spec"]["replicas"] == 2,
             timeout=60,
             describe=standby.log,
         )
