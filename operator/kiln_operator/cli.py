@@ -180,7 +180,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from kiln_jobs.errors import KilnJobError
-    from kiln_operator.report_view import save_report
+    from kiln_operator.report_view import save_report, save_serving_report
 
     obj = _get_resource("report", args.namespace, args.name)
     dest = Path(args.out or f"kiln-report-{args.name}").resolve()
@@ -192,6 +192,9 @@ def _report(args: argparse.Namespace) -> int:
     if note:
         print(note, file=sys.stderr)
     print(path)
+    serving = save_serving_report(obj, dest)
+    if serving is not None:
+        print(serving)
     return 0
 
 

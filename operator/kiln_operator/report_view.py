@@ -19,7 +19,7 @@ from kiln_jobs.report import ReportFacts, write_report
 from kiln_operator.api import ModelOptimizationStatus
 from kiln_operator.conditions import OPTIMIZED
 
-__all__ = ["facts_from_status", "published_report", "save_report"]
+__all__ = ["facts_from_status", "published_report", "save_report", "save_serving_report"]
 
 Obj = dict[str, Any]
 _READABLE_HERE = ("file://", "s3://")
@@ -86,6 +86,48 @@ def facts_from_status(obj: Obj, *, notes: tuple[str, ...] = ()) -> ReportFacts:
         failure=failure,
         notes=notes,
     )
+
+
+def save_serving_report(obj: Obj, dest: Path) -> Path | None:
+    """Write what the served-model evaluation measured on the resource's revision
+    (`status.metrics.served`, `.performance`) as `serving.md` with its plot beside the run
+    report; None when nothing was measured. The store cannot hold it: it is measured after
+    publishing."""
+    from kiln_jobs.served_eval import ServedTaskResult
+    from kiln_jobs.serving.loadtest import LevelStats
+    from kiln_jobs.serving_report import ServingFacts, write_serving_report
+
+    try:
+        status = ModelOptimizationStatus.model_validate(obj.get("status") or {})
+    except ValidationError:
+        return None
+    metrics = status.metrics
+    if metrics is None or not (metrics.served or metrics.performance):
+        return None
+    tasks = [ServedTaskResult(**task.model_dump()) for task in metrics.served or []]
+    levels = [
+        LevelStats(
+            concurrency=level.concurrency,
+            requests=level.requests,
+            seconds=level.requests / level.requests_per_second if level.requests_per_second else 0,
+            ttft_p50=level.ttft_p50_ms / 1000,
+            ttft_p95=level.ttft_p95_ms / 1000,
+            itl_p50=None if level.itl_p50_ms is None else level.itl_p50_ms / 1000,
+            output_tokens_per_second=level.output_tokens_per_second,
+            requests_per_second=level.requests_per_second,
+            latency_p50=None if level.latency_p50_ms is None else level.latency_p50_ms / 1000,
+            latency_p95=None if level.latency_p95_ms is None else level.latency_p95_ms / 1000,
+        )
+        for level in metrics.performance or []
+    ]
+    meta = obj.get("metadata") or {}
+    facts = ServingFacts(
+        title=f"{meta.get('namespace')}/{meta.get('name')} (plan {status.plan_hash})",
+        runtime=status.serving_runtime or "?",
+        served_tasks=tasks,
+        performance=levels,
+    )
+    return write_serving_report(facts, dest / REPORT_DIR)
 
 
 def _attempt(recorded: Obj) -> Attempt:

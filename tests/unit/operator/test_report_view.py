@@ -10,7 +10,7 @@ from kiln_jobs.errors import UserError
 from kiln_jobs.publish import DirectoryStore
 from kiln_operator.config import OperatorConfig
 from kiln_operator.reconcile import decide
-from kiln_operator.report_view import save_report
+from kiln_operator.report_view import save_report, save_serving_report
 from tests.unit.jobs.test_publish import _manifest, _plan, _stage_files
 from tests.unit.jobs.test_report import _task
 from tests.unit.operator.conftest import make_body
@@ -112,3 +112,24 @@ def test_a_readable_store_gives_the_published_report_checked(tmp_path: Path) -> 
     (store_dir / plan.hash() / "report" / "report.md").write_text("# changed after publishing\n")
     with pytest.raises(UserError, match="does not match the manifest"):
         save_report(_resource(status), tmp_path / "again")
+
+
+def test_what_the_served_revision_measured_is_its_own_report(tmp_path: Path) -> None:
+    status = {
+        "planHash": "abc",
+        "servingRuntime": "tensorrtllm-pytorch",
+        "metrics": {
+            "served": [{"name": "cloze", "metric": "exact_match", "inProcess": 0.4,
+                        "served": 0.2, "samples": 40, "passed": False}],
+            "performance": [{"concurrency": 4, "requests": 8, "ttftP50Ms": 120.0,
+                             "ttftP95Ms": 300.0, "itlP50Ms": 40.0,
+                             "outputTokensPerSecond": 95.5, "requestsPerSecond": 2.0}],
+        },
+    }  # fmt: skip
+    path = save_serving_report(_resource(status), tmp_path)
+    assert path is not None and path.name == "serving.md"
+    text = path.read_text()
+    assert "cloze" in text and "0.400" in text and "0.200" in text and "ServingRegression" in text
+    assert "95.5" in text
+    assert (path.parent / "serving.png").is_file()
+    assert save_serving_report(_resource({"planHash": "abc"}), tmp_path / "none") is None
