@@ -367,6 +367,9 @@ class Cluster:
             f"--controllers={','.join(CONTROLLERS)}",
             # Notice new kwok nodes quickly so their not-ready taint goes away fast.
             "--node-monitor-period=1s",
+            # A claim made beside its pre-bound volume binds on the PV controller's next sync
+            # (15 s by default): every test's namespace makes one.
+            "--pvclaimbinder-sync-period=1s",
         ])  # fmt: skip
         return f"https://127.0.0.1:{port}/healthz"
 
