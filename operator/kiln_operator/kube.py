@@ -250,7 +250,8 @@ class KubeApi:
             observed.check_job = check
             if check is not None:
                 observed.check_job_pods = self._job_pods(namespace, check)
-        if look_for_stale or promoted != plan_hash:
+        # Only a rolled-out revision is promoted (and replaces the others).
+        if look_for_stale or (promoted != plan_hash and observed.deployment is not None):
             other = (
                 f"{OWNER_LABEL}={name},{COMPONENT_LABEL}=serving,"
                 f"{HASH_LABEL}!={short_hash(plan_hash)}"

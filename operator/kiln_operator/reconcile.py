@@ -659,7 +659,7 @@ def _serving_check(
             status.stalled("Deploying", view.reason, message + _keep_previous_endpoint(
                 status, prepared))  # fmt: skip
             return False
-    status.condition(SERVING_VALIDATED, "False", "Evaluating", message)
+    status.condition(SERVING_VALIDATED, "Unknown", "Evaluating", message)
     status.working("Deploying", "EvaluatingServing", message + _keep_previous_endpoint(
         status, prepared))  # fmt: skip
     decision.requeue_after = config.poll_seconds

@@ -8,6 +8,8 @@ container's exact ``command`` + ``args`` on this machine, with
 * ConfigMap, Secret, downward-API, projected and emptyDir volumes materialised under the run
   directory, PersistentVolumeClaims mapped to ``<run dir>/pvc/<namespace>/<claim>``, all
   bind-mounted at their ``mountPath`` in a private mount namespace (see ``podns.py``),
+* an ``/etc/hosts`` that resolves the namespace's Services to this machine (cluster DNS and
+  kube-proxy, for pods that all share its network),
 
 then reports the real exit code and termination message (the file at the container's
 ``terminationMessagePath``) in the pod's status, as a kubelet does. Long-running pods
@@ -376,6 +378,8 @@ class PodRun:
         mounts = self.mounts(container)
         mounts.append({"source": str(term_file), "target": container.termination_message_path
                        or "/dev/termination-log", "read_only": False})  # fmt: skip
+        mounts.append({"source": str(self._hosts(base)), "target": "/etc/hosts",
+                       "read_only": True})  # fmt: skip
         for name in ("root", "upper", "work", "tmp"):
             (base / name).mkdir(parents=True, exist_ok=True)
         (base / "tmp").chmod(0o1777)
@@ -385,6 +389,19 @@ class PodRun:
             "mounts": mounts, "workdir": container.working_dir or "/",
             "argv": argv, "env": base_env | env, "uid": uid, "gid": gid,
         }  # fmt: skip
+
+    def _hosts(self, base: Path) -> Path:
+        """An /etc/hosts that resolves the namespace's Services, as cluster DNS would. Executor
+        pods share this machine's network and a Service's port is its pods' port here (there is
+        no kube-proxy), so `NAME.NAMESPACE.svc` is 127.0.0.1."""
+        namespace = self.pod.metadata.namespace
+        lines = [Path("/etc/hosts").read_text().rstrip("\n")]
+        for service in self.core.list_namespaced_service(namespace).items:
+            host = f"{service.metadata.name}.{namespace}.svc"
+            lines.append(f"127.0.0.1 {host} {host}.cluster.local {service.metadata.name}")
+        hosts = base / "hosts"
+        hosts.write_text("\n".join(lines) + "\n")
+        return hosts
 
     def run(self) -> None:
         """Run the first container to the end and report the result in the pod's status."""

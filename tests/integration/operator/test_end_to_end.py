@@ -4,12 +4,14 @@ kubectl apply -f examples/quickstart.yaml → the operator compiles the plan and
 the real scheduler puts it on a (kwok) H100 node → the local executor runs the Job's exact
 command: the real runner loads SmolLM2-135M, quantizes it to FP8 with Model Optimizer, checks
 the perplexity gate and publishes the plan's production repository (the LLM API runtime, no
-fallback) → the operator rolls out Triton (the real Deployment controller) → the executor runs
-the Deployment pod's own containers with their own argv: `tritonserver` (here the wheel's, with
-Kiln's backend) serving the published repository through TensorRT-LLM's LLM API (here the
-labelled stand-in, on the published checkpoint), and the OpenAI-compatible sidecar → their
-readiness probes pass → the operator's smoke test is answered → `kubectl wait
---for=condition=Ready` succeeds, and clients get the checkpoint's own greedy continuation.
+fallback) → the operator rolls out the plan's Triton revision (the real Deployment controller) →
+the executor runs the Deployment pod's own containers with their own argv: `tritonserver` (here
+the wheel's, with Kiln's backend) serving the published repository through TensorRT-LLM's LLM
+API (here the labelled stand-in, on the published checkpoint), and the OpenAI-compatible sidecar
+→ their readiness probes pass → the operator's smoke test is answered → the served-model
+evaluation Job runs its own argv against the candidate Service (the tests' generative task
+scored again, speed measured) → the revision is promoted → `kubectl wait --for=condition=Ready`
+succeeds, and clients get the checkpoint's own greedy continuation.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tests.integration.operator.harness import (
     status_of,
     wait_until,
 )
+from tests.unit.jobs.cloze_task import GENERATIVE_TASK_NAME, write_cloze_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,6 +50,7 @@ OPTIMIZE_TIMEOUT = 40 * 60
 SERVE_TIMEOUT = 10 * 60
 CONCURRENT = 8
 MAX_TOKENS = 16
+TASK_QUESTIONS = 8
 
 
 def test_quickstart_from_kubectl_apply_to_a_served_model(
@@ -77,6 +81,16 @@ def test_quickstart_from_kubectl_apply_to_a_served_model(
     # The executor's pods share this machine's network: the ports must be free ones.
     quickstart["spec"]["serving"]["service"] = {
         "httpPort": http, "grpcPort": grpc, "metricsPort": metrics, "openaiPort": openai_port,
+    }  # fmt: skip
+    # A generative task of the tests' own, on the claim: scored in the optimization Job, then
+    # again on the rolled-out revision by the served-model evaluation Job before promotion.
+    write_cloze_task(store / "tasks", questions=TASK_QUESTIONS, generative=True)
+    quickstart["spec"]["evaluation"] = {
+        **quickstart["spec"].get("evaluation", {}),
+        "tasks": [{"name": GENERATIVE_TASK_NAME, "source": "pvc://artifacts/tasks",
+                   "limit": TASK_QUESTIONS, "metric": "exact_match"}],
+        "served": {"maxDrop": 0.1},
+        "performance": {"concurrency": [2], "requests": 2, "maxTokens": 8},
     }  # fmt: skip
     name = quickstart["metadata"]["name"]
     try:
@@ -144,6 +158,20 @@ def test_quickstart_from_kubectl_apply_to_a_served_model(
         model = quickstart["spec"].get("serving", {}).get("modelName", "model")
         assert status["endpoints"]["model"] == model
         assert status["endpoints"]["openai"].endswith(f":{openai_port}/v1")
+        # The served-model evaluation Job ran for real against the candidate Service, on the
+        # platform's pool, and its scores decided the promotion.
+        validated = condition(obj, "ServingValidated")
+        assert validated["status"] == "True", validated
+        (served,) = status["metrics"]["served"]
+        (in_process,) = status["metrics"]["tasks"]
+        assert served["samples"] == TASK_QUESTIONS and served["passed"]
+        assert served["inProcess"] == in_process["optimized"]
+        assert abs(served["served"] - served["inProcess"]) <= 0.1
+        (level,) = status["metrics"]["performance"]
+        assert level["concurrency"] == 2 and level["outputTokensPerSecond"] > 0
+        checks = kube.pods(ns, "app.kubernetes.io/component=validate")
+        assert [p["spec"]["nodeName"] for p in checks] == [local_exec_node]
+        assert status["servingPlanHash"] == status["planHash"]
         deployment = kube.get("deployment", deployment_name(name, status["planHash"]), ns)
         assert deployment["metadata"]["labels"]["kiln.dev/quant-algo"] == "FP8"
         triton, sidecar = deployment["spec"]["template"]["spec"]["containers"]

@@ -154,6 +154,9 @@ def test_a_checked_revision_waits_for_its_evaluation_job(config: OperatorConfig)
     assert decision.status["smokeTestedPlanHash"] == prepared.plan_hash
     assert decision.status["servingPlanHash"] == SERVING
     assert _cond(decision, "Reconciling")["reason"] == "EvaluatingServing"
+    evaluating = _cond(decision, "ServingValidated")
+    assert (evaluating["status"], evaluating["reason"]) == ("Unknown", "Evaluating")
+    assert all(e.type == "Normal" for e in decision.events)
     service = _clients_service(decision)
     assert service is not None and service["spec"]["selector"][HASH_LABEL] == short_hash(SERVING)
     # The next look (a Job event) neither smoke-tests again nor creates a second Job.
