@@ -527,12 +527,15 @@ def _serving_children(
     status: _Status,
     *,
     promoted: str | None,
+    promoting: bool = False,
     revision: bool = True,
 ) -> None:
     """The admin Secret, the Services, the current plan's revision (unless `revision` is off)
     and the PDB, written unless the revision already carries the digest of exactly these (a
     child event then needs no writes; the periodic look writes them all again, which repairs
-    what someone changed by hand). The clients' Service exists once a revision is `promoted`."""
+    what someone changed by hand). The clients' Service exists once a revision is `promoted`;
+    the revision it selects is left out of the digest, so `promoting` rewrites the Service alone
+    and the revision sees no change (and sends no event)."""
     body, resource = prepared.body, prepared.resource
     secret = _owned(build_admin_secret(resource), body)
     candidate = _owned(build_candidate_service(resource, prepared.plan_hash), body)
@@ -546,11 +549,15 @@ def _serving_children(
         body,
     )  # fmt: skip
     pdb = build_pdb(resource)
-    desired = [secret, candidate, service, deployment, pdb]
+    # The clients' Service as written for any revision: its type and ports count, not which
+    # revision it selects.
+    desired = [secret, candidate, build_service(resource, ""), deployment, pdb]
     digest = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:16]
     deployment["metadata"].setdefault("annotations", {})[APPLIED_ANNOTATION] = digest
     applied = ((observed.deployment or {}).get("metadata") or {}).get("annotations") or {}
     if revision and applied.get(APPLIED_ANNOTATION) == digest and not observed.resync:
+        if promoting and service:
+            decision.apply.append(service)
         return
     decision.secrets.append(secret)
     decision.apply += [candidate, *([service] if service else [])]
@@ -727,7 +734,7 @@ def _serve(
     # Promotion: the clients' Service selects this revision, and the others go.
     _serving_children(
         decision, prepared, observed, config, published, status,
-        promoted=plan_hash if passed else promoted,
+        promoted=plan_hash if passed else promoted, promoting=passed,
     )  # fmt: skip
     if not passed:
         return decision

@@ -143,6 +143,21 @@ def test_a_smoke_tested_revision_is_promoted_and_the_old_one_goes(
     assert find_condition(decision.status["conditions"], "ServingValidated") is None
 
 
+def test_promotion_moves_the_service_alone(config: OperatorConfig) -> None:
+    prepared = _prepared(config)
+    _serving_before(prepared)
+    observed = _observed(prepared)
+    written = decide(prepared, Observed(published=Published(prepared.plan_hash)), config, NOW)
+    revision = next(o for o in written.apply if o["kind"] == "Deployment")
+    # The rolled-out revision carries what was written; its smoke test passes.
+    observed.deployment["metadata"]["annotations"] = revision["metadata"]["annotations"]
+    observed.smoke = SmokeResult(prepared.plan_hash, True, "ok")
+    decision = decide(prepared, observed, config, NOW)
+    assert [o["metadata"]["name"] for o in decision.apply] == ["smollm2-triton"]
+    assert not decision.secrets
+    assert decision.status["servingPlanHash"] == prepared.plan_hash
+
+
 def test_a_checked_revision_waits_for_its_evaluation_job(config: OperatorConfig) -> None:
     prepared = _prepared(config, evaluation=CHECKED)
     _serving_before(prepared)
