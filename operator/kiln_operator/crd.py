@@ -65,6 +65,14 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.endpoint",
         "priority": 1,
     },
+    {
+        "name": "Serving",
+        "type": "string",
+        "jsonPath": ".status.servingPlanHash",
+        "description": "Plan hash of the revision clients get (another plan's until the current "
+        "one passes its checks)",
+        "priority": 1,
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
