@@ -22,7 +22,11 @@ from kubernetes.client.exceptions import ApiException
 
 from kiln_operator.api import GROUP, PLURAL, VERSION
 from kiln_operator.builders.common import input_uris, split_store
-from kiln_operator.builders.serving_check import check_job_name, needs_serving_check
+from kiln_operator.builders.serving_check import (
+    CHECK_COMPONENT,
+    check_job_name,
+    needs_serving_check,
+)
 from kiln_operator.conditions import now_rfc3339
 from kiln_operator.config import OperatorConfig
 from kiln_operator.jobstate import parse_progress
@@ -246,10 +250,20 @@ class KubeApi:
             observed.serving_pods = self._pods(namespace, serving_selector(name, plan_hash))
         promoted = (prepared.body.get("status") or {}).get("servingPlanHash")
         if promoted != plan_hash and needs_serving_check(prepared.plan):
-            check = self._get("Job", namespace, check_job_name(name, prepared.plan))
+            wanted = check_job_name(name, prepared.plan)
+            check = self._get("Job", namespace, wanted)
             observed.check_job = check
             if check is not None:
                 observed.check_job_pods = self._job_pods(namespace, check)
+            else:
+                # Evaluations of this plan under other thresholds: the new one replaces them.
+                checks = (
+                    f"{OWNER_LABEL}={name},{COMPONENT_LABEL}={CHECK_COMPONENT},"
+                    f"{HASH_LABEL}={short_hash(plan_hash)}"
+                )
+                observed.other_checks = [
+                    job for job in self._names("Job", namespace, checks) if job != wanted
+                ]
         # Only a rolled-out revision is promoted (and replaces the others).
         if look_for_stale or (promoted != plan_hash and observed.deployment is not None):
             other = (

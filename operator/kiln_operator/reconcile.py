@@ -132,6 +132,8 @@ class Observed:
     # The served-model evaluation Job of the current plan's revision, when the plan asks for one.
     check_job: Obj | None = None
     check_job_pods: list[Obj] = field(default_factory=list)
+    # Its evaluations under earlier thresholds (evaluation.served/performance changed since).
+    other_checks: list[str] = field(default_factory=list)
     stale_jobs: list[str] = field(default_factory=list)
     stale_configmaps: list[str] = field(default_factory=list)
     missing_claims: list[str] = field(default_factory=list)
@@ -640,6 +642,7 @@ def _serving_check(
             _owned(build_plan_configmap(resource, plan), prepared.body),
             _owned(build_serving_check_job(resource, plan, config), prepared.body),
         ]
+        decision.delete += [("Job", name) for name in observed.other_checks]
         message = "evaluating the new revision as served"
     else:
         view = view_job(job, observed.check_job_pods)

@@ -208,10 +208,10 @@ def _check_pod(kube: Cluster, ns: str, name: str, plan_hash: str) -> str:
     return wait_until(f"the check Job of {name}", running)
 
 
-def _verdict(plan_hash: str, served: float) -> str:
+def _verdict(plan_hash: str, served: float, passed: bool | None = None) -> str:
     """What `kiln_jobs validate-serving` writes as its termination message. The check Job runs
-    no Triton client here (kwok runs no Triton); tests/integration/serving has the real one."""
-    passed = served >= 0.35
+    no Triton client here (kwok runs no Triton); the end-to-end test runs the real one."""
+    passed = served >= 0.35 if passed is None else passed
     task = ServedTask(name="cloze", metric="exact_match", in_process=0.4, served=served,
                       samples=40, passed=passed)  # fmt: skip
     return JobResult(
@@ -269,6 +269,20 @@ def test_a_revision_serves_clients_only_after_its_served_evaluation(
     )
     selector = kube.get("service", "guarded-triton", ns)["spec"]["selector"]
     assert selector[HASH_LABEL] == short_hash(first)
+
+    # What the message offers: a changed threshold evaluates the same plan again (no new
+    # optimization), and the earlier evaluation's Job goes.
+    refused = _items(kube, "jobs", ns, "app.kubernetes.io/component=validate")
+    looser = {**evaluation, "served": {"maxDrop": 0.3}}
+    body = mopt("guarded", evaluation=looser, techniques=[{"ptq": {"format": "int8_sq"}}])
+    kube.apply(body, namespace=ns)
+    pod = _check_pod(kube, ns, "guarded", second)
+    kube.set_fate(ns, pod, "succeed", message=_verdict(second, 0.2, passed=True))
+    obj = _wait_phase(kube, ns, "guarded", "Ready", operator)
+    assert obj["status"]["servingPlanHash"] == second
+    checks = _items(kube, "jobs", ns, "app.kubernetes.io/component=validate")
+    assert refused[-1]["metadata"]["name"] not in [j["metadata"]["name"] for j in checks]
+    assert len(_items(kube, "jobs", ns, "app.kubernetes.io/component=optimize")) == 1
 
 
 def test_runner_user_error_fails_at_once_with_its_reason(

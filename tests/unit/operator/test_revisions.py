@@ -241,6 +241,15 @@ def test_changed_thresholds_are_a_new_evaluation(config: OperatorConfig) -> None
     assert check_job_name("smollm2", strict.plan).startswith(
         f"smollm2-check-{short_hash(strict.plan_hash)}-"
     )
+    # The revision is evaluated again under the new thresholds; the earlier evaluation goes.
+    _serving_before(loose, smokeTestedPlanHash=None)
+    loose.body["status"]["smokeTestedPlanHash"] = loose.plan_hash
+    earlier = check_job_name("smollm2", strict.plan)
+    decision = decide(loose, _observed(loose, other_checks=[earlier]), config, NOW)
+    assert [o["metadata"]["name"] for o in decision.create if o["kind"] == "Job"] == [
+        check_job_name("smollm2", loose.plan)
+    ]
+    assert ("Job", earlier) in decision.delete
 
 
 def test_the_evaluation_job_is_a_restricted_cpu_client(config: OperatorConfig) -> None:
