@@ -62,7 +62,7 @@ from kiln_operator.conditions import (
     set_condition,
 )
 from kiln_operator.config import OperatorConfig
-from kiln_operator.jobstate import view_job
+from kiln_operator.jobstate import JobView, view_job
 from kiln_operator.naming import (
     APPLIED_ANNOTATION,
     HASH_LABEL,
@@ -595,27 +595,26 @@ def _carry_serving_metrics(status: _Status, plan_hash: str) -> None:
     status.new.metrics = metrics
 
 
-def _check_failed(status: _Status, prepared: Prepared, observed: Observed) -> str | None:
-    """The message when the current plan's revision failed its served-model evaluation (it is
-    then taken down and never promoted), else None. The failed check Job is the record."""
-    if observed.check_job is None:
-        return None
-    view = view_job(observed.check_job, observed.check_job_pods)
-    if view.state != "Failed":
-        return None
-    _record_check(status, view.result)
-    name = observed.check_job["metadata"]["name"]
-    why = view.message
-    if view.reason == "DeadlineExceeded":
+def _check_failed(
+    status: _Status, prepared: Prepared, job: Obj | None, check: JobView | None
+) -> bool:
+    """Whether the current plan's revision failed its served-model evaluation (`check`, the
+    view of `job`); if so it is taken down, never promoted, and status says why. The failed
+    check Job is the record."""
+    if job is None or check is None or check.state != "Failed":
+        return False
+    _record_check(status, check.result)
+    why = check.message
+    if check.reason == "DeadlineExceeded":
         why = CHECK_DEADLINE_MESSAGE
     message = (
         f"plan {short_hash(prepared.plan_hash)} was not promoted: {why}"
-        f"{_keep_previous_endpoint(status, prepared)}; change the spec, or delete Job {name} "
-        "to evaluate it again"
+        f"{_keep_previous_endpoint(status, prepared)}; change the spec, or delete Job "
+        f"{job['metadata']['name']} to evaluate it again"
     )
-    status.condition(SERVING_VALIDATED, "False", view.reason, message)
-    status.stalled("Failed", view.reason, message)
-    return message
+    status.condition(SERVING_VALIDATED, "False", check.reason, message)
+    status.stalled("Failed", check.reason, message)
+    return True
 
 
 def _record_check(status: _Status, result: JobResult | None) -> None:
@@ -631,12 +630,13 @@ def _record_check(status: _Status, result: JobResult | None) -> None:
 
 def _serving_check(
     decision: Decision, status: _Status, prepared: Prepared, observed: Observed,
-    config: OperatorConfig,
+    config: OperatorConfig, check: JobView | None,
 ) -> bool:  # fmt: skip
-    """Run the served-model evaluation of the current plan's revision; True once it passed."""
+    """Run the served-model evaluation of the current plan's revision (`check`: the view of its
+    Job, once there is one); True once it passed."""
     resource, plan = prepared.resource, prepared.plan
     job = observed.check_job
-    if job is None:
+    if job is None or check is None:
         decision.create += [
             # Absent when the plan was published before (no optimization Job made it).
             _owned(build_plan_configmap(resource, plan), prepared.body),
@@ -645,7 +645,7 @@ def _serving_check(
         decision.delete += [("Job", name) for name in observed.other_checks]
         message = "evaluating the new revision as served"
     else:
-        view = view_job(job, observed.check_job_pods)
+        view = check
         if view.state == "Succeeded" and view.result is None:
             # Exit 0 alone is not a verdict (a wrong image or command exits 0 too).
             message = (
@@ -716,7 +716,9 @@ def _serve(
             status.ready("ScaledToZero", "published; serving is scaled to 0 replicas")
             return decision
         return _serving_promoted(decision, status, prepared, observed, config)
-    if _check_failed(status, prepared, observed):
+    job = observed.check_job
+    check = view_job(job, observed.check_job_pods) if job else None
+    if _check_failed(status, prepared, job, check):
         _serving_children(
             decision, prepared, observed, config, published, status,
             promoted=promoted, revision=False,
@@ -731,7 +733,7 @@ def _serve(
         )
         and (
             not needs_serving_check(prepared.plan)
-            or _serving_check(decision, status, prepared, observed, config)
+            or _serving_check(decision, status, prepared, observed, config, check)
         )
     )
     # Promotion: the clients' Service selects this revision, and the others go.
@@ -742,7 +744,7 @@ def _serve(
     if not passed:
         return decision
     status.new.serving_plan_hash = plan_hash
-    return _serving_promoted(decision, status, prepared, observed, config)
+    return _ready(decision, status, prepared, observed)
 
 
 def _serving_promoted(
@@ -752,6 +754,11 @@ def _serving_promoted(
     """The current plan's revision is what clients get: Ready once it is rolled out."""
     if not _revision_ready(decision, status, prepared, observed, config):
         return decision
+    return _ready(decision, status, prepared, observed)
+
+
+def _ready(decision: Decision, status: _Status, prepared: Prepared, observed: Observed) -> Decision:
+    """The promoted revision is rolled out: Ready, with its endpoints."""
     endpoints = endpoints_of(prepared.resource)
     status.new.endpoint, status.new.endpoints = endpoints.http, endpoints
     # A revision promoted before a restart, or a rollout of a changed pod template.

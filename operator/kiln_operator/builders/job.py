@@ -28,7 +28,14 @@ from kiln_operator.builders.common import (
 from kiln_operator.config import OperatorConfig
 from kiln_operator.naming import child_labels, job_name, plan_configmap_name
 
-__all__ = ["QUEUE_LABEL", "build_job", "build_plan_configmap", "job_env", "pod_failure_policy"]
+__all__ = [
+    "QUEUE_LABEL",
+    "build_job",
+    "build_plan_configmap",
+    "job_env",
+    "plan_volume",
+    "pod_failure_policy",
+]
 
 Obj = dict[str, Any]
 
@@ -52,6 +59,12 @@ def build_plan_configmap(resource: ModelOptimization, plan: Plan) -> Obj:
         "immutable": True,
         "data": {PLAN_FILE: plan.to_json()},
     }
+
+
+def plan_volume(resource_name: str, plan_hash: str) -> tuple[Obj, Obj]:
+    """(volume, mount) of the plan's ConfigMap: how a Job's command reads its Plan."""
+    volume = {"name": "plan", "configMap": {"name": plan_configmap_name(resource_name, plan_hash)}}
+    return volume, {"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True}
 
 
 def _on_pvc_store(plan: Plan, relative: str) -> str | None:
@@ -180,6 +193,7 @@ def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -
     claims, claim_mounts = pvc_mounts(plan)
     env, env_from = job_env(resource, plan)
     job_labels, pod_labels = _labels(resource, plan, config)
+    plan_source, plan_mount = plan_volume(name, plan_hash)
     container = kiln_container(
         JOB_CONTAINER,
         image=config.job_image,
@@ -196,7 +210,7 @@ def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -
         env=env,
         env_from=env_from,
         mounts=[
-            {"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True},
+            plan_mount,
             *scratch_mounts,
             *work_mounts,
             *claim_mounts,
@@ -209,7 +223,7 @@ def build_job(resource: ModelOptimization, plan: Plan, config: OperatorConfig) -
         config.uid,
         [container],
         [
-            {"name": "plan", "configMap": {"name": plan_configmap_name(name, plan_hash)}},
+            plan_source,
             *scratch,
             *work_volumes,
             *claims,

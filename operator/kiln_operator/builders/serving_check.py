@@ -22,10 +22,10 @@ from kiln_operator.builders.common import (
     restricted_pod,
     scratch_volumes,
 )
-from kiln_operator.builders.job import job_env, pod_failure_policy
+from kiln_operator.builders.job import job_env, plan_volume, pod_failure_policy
 from kiln_operator.builders.serving import candidate_http
 from kiln_operator.config import OperatorConfig
-from kiln_operator.naming import child_labels, plan_configmap_name, serving_check_job_name
+from kiln_operator.naming import child_labels, serving_check_job_name
 
 __all__ = [
     "CHECK_COMPONENT",
@@ -69,6 +69,7 @@ def build_serving_check_job(resource: ModelOptimization, plan: Plan, config: Ope
     scratch, scratch_mounts = scratch_volumes(_SCRATCH)
     claims, claim_mounts = pvc_mounts(plan, writable_store=False)
     env, env_from = job_env(resource, plan)
+    plan_source, plan_mount = plan_volume(name, plan_hash)
     container = kiln_container(
         CHECK_CONTAINER,
         image=config.job_image,
@@ -81,7 +82,7 @@ def build_serving_check_job(resource: ModelOptimization, plan: Plan, config: Ope
         env=env,
         env_from=env_from,
         mounts=[
-            {"name": "plan", "mountPath": PLAN_MOUNT, "readOnly": True},
+            plan_mount,
             *scratch_mounts,
             *claim_mounts,
         ],
@@ -93,7 +94,7 @@ def build_serving_check_job(resource: ModelOptimization, plan: Plan, config: Ope
         config.uid,
         [container],
         [
-            {"name": "plan", "configMap": {"name": plan_configmap_name(name, plan_hash)}},
+            plan_source,
             *scratch,
             *claims,
         ],
